@@ -1,0 +1,1 @@
+"""cortexcl.study."""
