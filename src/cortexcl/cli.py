@@ -1,0 +1,123 @@
+"""The ``cortexcl`` command line: it parses arguments and calls the Python API, nothing more."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cortexcl.errors import InputError
+
+app = typer.Typer(
+    help="Contrastive fine-tuning of image models for the visual cortex, and voxel-wise encoding.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=True)
+stdout = Console()
+
+Hemispheres = Annotated[list[str], typer.Option("--hemisphere", "-H", help="lh and/or rh.")]
+Rois = Annotated[list[str], typer.Option(
+    "--roi", "-r", help="ROI names or groups (early, higher, streams, early+higher); "
+                        "'all' = every vertex of the hemisphere.")]
+
+
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Argument(help="Data root; the subject goes to OUT/subjNN.")],
+    subject: Annotated[int, typer.Option(help="Subject number.")] = 1,
+    n_images: Annotated[int, typer.Option(help="Training images.")] = 1000,
+    n_test_images: Annotated[int, typer.Option(help="Challenge test images (no fMRI).")] = 50,
+    image_size: Annotated[int, typer.Option(help="Image side in pixels.")] = 256,
+    roi_masks: Annotated[Path | None, typer.Option(
+        help="Copy the masks from this real Algonauts roi_masks folder.")] = None,
+    roi_scale: Annotated[float, typer.Option(
+        help="Scale of the synthetic ROI sizes (real counts of --reference-subject).")] = 0.1,
+    reference_subject: Annotated[int, typer.Option(
+        help="NSD subject whose ROI sizes the synthetic masks copy.")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed of everything simulated.")] = 0,
+) -> None:
+    """Write a simulated subject with a known ground truth in the Algonauts 2023 layout."""
+    from cortexcl.data.simulate import simulate_subject
+
+    path = simulate_subject(out, subject=subject, n_images=n_images, n_test_images=n_test_images,
+                            image_size=image_size, roi_masks=roi_masks, roi_scale=roi_scale,
+                            reference_subject=reference_subject, seed=seed)
+    stdout.print(f"simulated subject written to {path}")
+
+
+@app.command()
+def encode(
+    data: Annotated[Path, typer.Argument(help="Algonauts 2023 data root (holds subjNN/).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory.")],
+    subject: Annotated[str, typer.Option("--subject", "-s", help="Subject: 1 or subj01.")] = "1",
+    hemisphere: Hemispheres = ["lh", "rh"],  # noqa: B006
+    roi: Rois = ["early"],  # noqa: B006
+    weights: Annotated[str, typer.Option(
+        help="imagenet, none (random init) or a path to a state dict.")] = "imagenet",
+    method: Annotated[str, typer.Option(help="Name of the backbone in the results.")] = "untuned",
+    seed: Annotated[int, typer.Option(help="Seed of the split (and of random weights).")] = 0,
+    protocol: Annotated[str, typer.Option(help="clean (train/val/test) or paper.")] = "clean",
+    n_components: Annotated[int, typer.Option(help="PCA components (at most).")] = 1000,
+    refit: Annotated[str, typer.Option(
+        help="Fit of the reported model: train+val or train.")] = "train+val",
+    min_vertices: Annotated[int, typer.Option(help="Skip (and list) smaller ROIs.")] = 20,
+    image_size: Annotated[int, typer.Option(help="Network input size.")] = 224,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda; default: cuda if present.")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Image cache folder.")] = None,
+) -> None:
+    """Fit voxel-wise encoding models (PCA + ridge) of one subject's ROIs."""
+    from cortexcl.workflows import encode as run_encode
+
+    table = run_encode(data, out, subject=subject, hemispheres=hemisphere, rois=roi,
+                       weights=weights, method=method, seed=seed, protocol=protocol,
+                       n_components=n_components, refit=refit, min_vertices=min_vertices,
+                       image_size=image_size, batch_size=batch_size, device=device,
+                       cache_dir=cache_dir, announce=_announce)
+    print_summary(table, f"Encoding results, {out}/tables/encoding.csv")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory.")] = Path("cortexcl-demo"),
+    n_images: Annotated[int, typer.Option(help="Training images of the simulated subject.")] = 1000,
+) -> None:
+    """Simulate a small subject (cached) and encode its early ROIs with an untuned AlexNet."""
+    from cortexcl.workflows import run_demo
+
+    table = run_demo(out, n_images=n_images, announce=_announce)
+    print_summary(table, f"Demo: untuned AlexNet on a simulated subject ({out}/tables/encoding.csv)")
+
+
+def print_summary(table: pd.DataFrame, title: str) -> None:
+    """Print the per-ROI summary table of a run on the terminal."""
+    grid = Table(title=title)
+    columns = ["subject", "hemisphere", "roi", "method", "n_vertices", "best_layer", "mean_r",
+               "median_r", "mean_nc_score"]
+    columns = [column for column in columns if column in table.columns]
+    for column in columns:
+        grid.add_column(column, justify="right" if table[column].dtype.kind in "fiu" else "left")
+    for _, row in table.iterrows():
+        grid.add_row(*(f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c])
+                       for c in columns))
+    stdout.print(grid)
+
+
+def _announce(message: str) -> None:
+    console.print(f"[yellow]{message}[/yellow]")
+
+
+def main() -> None:
+    """Entry point: run the app, turning bad input into a one-line error and exit status 2."""
+    try:
+        app()
+    except InputError as error:
+        console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        sys.exit(2)
