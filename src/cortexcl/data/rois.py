@@ -39,7 +39,9 @@ ROI_CLASSES: dict[str, dict[int, str]] = {
     },
 }
 
-ROI_NAMES: tuple[str, ...] = tuple(name for table in ROI_CLASSES.values() for name in table.values())
+ROI_NAMES: tuple[str, ...] = tuple(
+    name for table in ROI_CLASSES.values() for name in table.values()
+)
 
 _EARLY = tuple(ROI_CLASSES["prf-visualrois"].values())
 _HIGHER = tuple(
@@ -78,7 +80,21 @@ def _valid_names_message() -> str:
 
 
 def _canonical(name: str) -> str:
-    canonical = _CANONICAL.get(str(name).strip().lower())
+    text = str(name).strip()
+    if ":" in text:
+        class_name, _, roi = (part.strip() for part in text.partition(":"))
+        if class_name not in ROI_CLASSES:
+            raise InputError(
+                f"unknown ROI class {class_name!r} in {name!r} (valid: {', '.join(ROI_CLASSES)})"
+            )
+        names = {value.lower(): value for value in ROI_CLASSES[class_name].values()}
+        if roi.lower() not in names:
+            raise InputError(
+                f"{name!r}: no ROI {roi!r} in {class_name} "
+                f"(valid: {', '.join(ROI_CLASSES[class_name].values())})"
+            )
+        return names[roi.lower()]
+    canonical = _CANONICAL.get(text.lower())
     if canonical is None:
         raise InputError(f"unknown ROI {name!r} ({_valid_names_message()})")
     return canonical
@@ -97,7 +113,8 @@ def roi_class(name: str) -> tuple[str, int]:
     Parameters
     ----------
     name : str
-        ROI name, e.g. ``"V1v"`` (matched without regard to case).
+        ROI name, e.g. ``"V1v"`` (matched without regard to case), or a class-qualified name
+        such as ``"streams:early"``.
 
     Returns
     -------
@@ -111,9 +128,7 @@ def roi_class(name: str) -> tuple[str, int]:
     """
     canonical = _canonical(name)
     if canonical not in _ROI_LOOKUP:
-        raise InputError(
-            f"{name!r} is not a single ROI of a class ({_valid_names_message()})"
-        )
+        raise InputError(f"{name!r} is not a single ROI of a class ({_valid_names_message()})")
     return _ROI_LOOKUP[canonical]
 
 
@@ -125,7 +140,8 @@ def expand_rois(names: str | Sequence[str]) -> list[str]:
     names : str or sequence of str
         ROI names, group names (``early``, ``higher``, ``streams``, ``early+higher``) or
         ``"all"`` (the whole hemisphere, kept as is). A string may hold several entries
-        separated by commas.
+        separated by commas. ``"early"`` is the group of the 7 pRF ROIs; the streams ROI of
+        the same name is reached with ``"streams:early"`` (or the ``streams`` group).
 
     Returns
     -------
@@ -144,7 +160,8 @@ def expand_rois(names: str | Sequence[str]) -> list[str]:
     expanded: list[str] = []
     for item in items:
         canonical = _canonical(item)
-        for name in ROI_GROUPS.get(canonical, (canonical,)):
+        group = ROI_GROUPS.get(canonical) if ":" not in item else None
+        for name in group or (canonical,):
             if name not in expanded:
                 expanded.append(name)
     return expanded
@@ -230,12 +247,12 @@ def load_roi_mapping(path: str | Path) -> dict[int, str]:
         mapping[int(label)] = str(name)
     named = {label: name for label, name in mapping.items() if label != 0}
     class_name = path.stem.removeprefix("mapping_")
-    candidates = (
-        {class_name: ROI_CLASSES[class_name]} if class_name in ROI_CLASSES else ROI_CLASSES
-    )
+    candidates = {class_name: ROI_CLASSES[class_name]} if class_name in ROI_CLASSES else ROI_CLASSES
     if not any(named == table for table in candidates.values()):
         expected = " or ".join(str(table) for table in candidates.values())
-        raise InputError(f"{path}: labels {named} differ from the {'/'.join(candidates)} table {expected}")
+        raise InputError(
+            f"{path}: labels {named} differ from the {'/'.join(candidates)} table {expected}"
+        )
     return mapping
 
 
@@ -288,9 +305,7 @@ def read_roi_labels(
     """
     check_hemisphere(hemisphere)
     if roi_class_name not in ROI_CLASSES:
-        raise InputError(
-            f"unknown ROI class {roi_class_name!r} (valid: {', '.join(ROI_CLASSES)})"
-        )
+        raise InputError(f"unknown ROI class {roi_class_name!r} (valid: {', '.join(ROI_CLASSES)})")
     path = Path(roi_dir) / f"{hemisphere}.{roi_class_name}_challenge_space.npy"
     labels = _as_labels(_load_plain_npy(path), path)
     if labels.shape[0] != n_vertices:
@@ -299,9 +314,7 @@ def read_roi_labels(
         )
     unknown = np.setdiff1d(np.unique(labels), [0, *ROI_CLASSES[roi_class_name]])
     if unknown.size:
-        raise InputError(
-            f"{path}: labels {unknown.tolist()} are not in the {roi_class_name} table"
-        )
+        raise InputError(f"{path}: labels {unknown.tolist()} are not in the {roi_class_name} table")
     return labels
 
 

@@ -1,1 +1,7 @@
-"""cortexcl.data.simulate."""
+"""Simulated subjects with a known ground truth, in the Algonauts 2023 layout."""
+
+from __future__ import annotations
+
+from cortexcl.data.simulate.writer import simulate_subject
+
+__all__ = ["simulate_subject"]

@@ -1,0 +1,294 @@
+"""Decode-once image store: every image is decoded and resized a single time into an on-disk cache.
+
+The cache is a uint8 ``(N, S, S, 3)`` ``.npy`` file named by a key that hashes the file names,
+their byte sizes, their contents and the target size, so any change to the images gives a new
+cache. It is written to a temporary file and renamed into place when complete, so an interrupted
+build never leaves a partial cache behind. Batches are served as torch tensors on any device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from cortexcl.errors import InputError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_CHUNK_BYTES = 1 << 20
+_CACHE_VERSION = "images-v1"
+
+
+def default_cache_dir() -> Path:
+    """Return the cache folder: ``$CORTEXCL_CACHE`` when set, else ``~/.cache/cortexcl``."""
+    configured = os.environ.get("CORTEXCL_CACHE")
+    if configured:
+        return Path(configured).expanduser()
+    return Path.home() / ".cache" / "cortexcl"
+
+
+def normalize(batch_uint8: torch.Tensor) -> torch.Tensor:
+    """Scale a uint8 image batch to [0, 1] and normalise it with the ImageNet mean and std.
+
+    Parameters
+    ----------
+    batch_uint8 : torch.Tensor
+        uint8 tensor of shape (B, 3, S, S).
+
+    Returns
+    -------
+    torch.Tensor
+        float32 tensor of the same shape, on the same device.
+    """
+    if batch_uint8.dtype != torch.uint8 or batch_uint8.ndim != 4 or batch_uint8.shape[1] != 3:
+        raise ValueError(
+            "expected a uint8 (B, 3, S, S) tensor, "
+            f"got {batch_uint8.dtype} {tuple(batch_uint8.shape)}"
+        )
+    device = batch_uint8.device
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    return batch_uint8.to(torch.float32).div_(255.0).sub_(mean).div_(std)
+
+
+def _decode_image(path: Path, size: int) -> np.ndarray:
+    """Decode one image file to a uint8 (size, size, 3) RGB array (bilinear, antialiased)."""
+    try:
+        with Image.open(path) as image:
+            rgb = image.convert("RGB")
+            if rgb.size != (size, size):
+                rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+            return np.asarray(rgb, dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
+        raise InputError(f"{path}: cannot decode image ({error})") from None
+
+
+class ImageStore:
+    """Images of a dataset, decoded and resized once, served as uint8 or normalised tensors.
+
+    Parameters
+    ----------
+    paths : sequence of str or Path
+        Image files; row i of every array and tensor is ``paths[i]``.
+    size : int
+        Images are resized to ``size`` × ``size`` (stretched when not square).
+    cache_dir : str or Path, optional
+        Folder of the cache; default ``default_cache_dir() / "images"``.
+    workers : int, optional
+        Decoding threads; default ``min(8, os.cpu_count())``.
+    progress : bool
+        Show a progress bar while hashing and decoding.
+
+    Raises
+    ------
+    InputError
+        If there are no paths, ``size`` is not positive, or a file is missing.
+
+    Notes
+    -----
+    On a CUDA device the whole uint8 array is copied to the GPU on first use and batches are
+    cut and normalised there, so no image crosses the bus twice.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        size: int = 224,
+        cache_dir: str | Path | None = None,
+        workers: int | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.paths: list[Path] = [Path(path) for path in paths]
+        if not self.paths:
+            raise InputError("no image files given")
+        if int(size) != size or size < 1:
+            raise InputError(f"image size must be a positive integer, got {size!r}")
+        self.size: int = int(size)
+        self.cache_dir = (
+            Path(cache_dir) if cache_dir is not None else default_cache_dir() / "images"
+        )
+        self.workers = workers or min(8, os.cpu_count() or 1)
+        self.progress = progress
+        self._byte_sizes: list[int] = []
+        for path in self.paths:
+            try:
+                self._byte_sizes.append(path.stat().st_size)
+            except OSError:
+                raise InputError(f"{path}: image file not found") from None
+        self._array: np.ndarray | None = None
+        self._resident: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __repr__(self) -> str:
+        return f"ImageStore({len(self)} images, size={self.size}, cache_dir={self.cache_dir})"
+
+    @cached_property
+    def key(self) -> str:
+        """Hex key of the file names, byte sizes, contents and size; names the cache file."""
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(f"{_CACHE_VERSION}\0size={self.size}\0n={len(self)}\0".encode())
+        content = hashlib.blake2b(digest_size=32)
+        bar = tqdm(
+            total=sum(self._byte_sizes),
+            desc="hashing images",
+            unit="B",
+            unit_scale=True,
+            disable=not self.progress,
+        )
+        with bar:
+            for path, n_bytes in zip(self.paths, self._byte_sizes, strict=True):
+                digest.update(f"{path.name}\0{n_bytes}\0".encode())
+                try:
+                    with open(path, "rb") as handle:
+                        while chunk := handle.read(_CHUNK_BYTES):
+                            content.update(chunk)
+                            bar.update(len(chunk))
+                except OSError as error:
+                    raise InputError(f"{path}: cannot read image file ({error})") from None
+        digest.update(content.digest())
+        return digest.hexdigest()
+
+    @property
+    def cache_path(self) -> Path:
+        """The cache file of this store."""
+        return self.cache_dir / f"{self.key}.npy"
+
+    def array(self) -> np.ndarray:
+        """Return all images as a read-only uint8 (N, S, S, 3) array (memory-mapped cache).
+
+        The cache is built on the first call: images are decoded in parallel threads into a
+        temporary file, which is renamed into place once complete.
+
+        Raises
+        ------
+        InputError
+            If an image cannot be decoded (the message names the file).
+        """
+        if self._array is None:
+            expected = (len(self), self.size, self.size, 3)
+            array = self._open_cache(expected)
+            if array is None:
+                self._build_cache(expected)
+                array = self._open_cache(expected)
+                if array is None:
+                    raise InputError(f"{self.cache_path}: image cache unreadable after writing")
+            self._array = array
+        return self._array
+
+    def _open_cache(self, expected: tuple[int, ...]) -> np.ndarray | None:
+        try:
+            array = np.load(self.cache_path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+        if array.shape != expected or array.dtype != np.uint8:
+            return None
+        return array
+
+    def _build_cache(self, shape: tuple[int, ...]) -> None:
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{self.key}.", suffix=".tmp.npy", dir=self.cache_dir
+        )
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+            bar = tqdm(
+                total=len(self),
+                desc=f"decoding images to {self.size}px",
+                unit="img",
+                disable=not self.progress,
+            )
+            chunk = self.workers * 16
+            with bar, ThreadPoolExecutor(max_workers=self.workers) as pool:
+                for start in range(0, len(self), chunk):
+                    stop = min(start + chunk, len(self))
+                    decoded = pool.map(
+                        _decode_image, self.paths[start:stop], [self.size] * (stop - start)
+                    )
+                    for index, image in enumerate(decoded, start):
+                        out[index] = image
+                        bar.update()
+            out.flush()
+            del out
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.cache_path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
+
+    def _index(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        index = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if index.size and (index.min() < -len(self) or index.max() >= len(self)):
+            raise IndexError(f"image index out of range for {len(self)} images")
+        return index
+
+    def _on_device(self, device: torch.device) -> torch.Tensor:
+        """The whole uint8 (N, S, S, 3) array, copied to ``device`` once, in chunks."""
+        if self._resident is None or self._resident.device != device:
+            self._resident = None
+            array = self.array()
+            resident = torch.empty(array.shape, dtype=torch.uint8, device=device)
+            step = 1024
+            for start in range(0, len(self), step):
+                chunk = np.array(array[start : start + step])
+                resident[start : start + step] = torch.from_numpy(chunk).to(device)
+            self._resident = resident
+        return self._resident
+
+    def uint8(
+        self, indices: Sequence[int] | np.ndarray, device: str | torch.device | None = None
+    ) -> torch.Tensor:
+        """Return images as a uint8 (B, 3, S, S) tensor.
+
+        Parameters
+        ----------
+        indices : sequence of int
+            Image indices (rows), in the order wanted.
+        device : str or torch.device, optional
+            Where the tensor goes; default CPU.
+        """
+        index = self._index(indices)
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        if device.type == "cuda":
+            if device.index is None:
+                device = torch.device("cuda", torch.cuda.current_device())
+            batch = self._on_device(device)[torch.from_numpy(index).to(device)]
+        else:
+            batch = torch.from_numpy(self.array()[index])
+        return batch.permute(0, 3, 1, 2).contiguous()
+
+    def tensor(
+        self, indices: Sequence[int] | np.ndarray, device: str | torch.device | None = None
+    ) -> torch.Tensor:
+        """Return images as a normalised float32 (B, 3, S, S) tensor (see :func:`normalize`)."""
+        return normalize(self.uint8(indices, device))
+
+    def batches(
+        self,
+        indices: Sequence[int] | np.ndarray,
+        batch_size: int,
+        device: str | torch.device | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """Yield normalised float32 batches of at most ``batch_size`` images, in order."""
+        if batch_size < 1:
+            raise InputError(f"batch size must be positive, got {batch_size}")
+        index = self._index(indices)
+        for start in range(0, index.size, batch_size):
+            yield self.tensor(index[start : start + batch_size], device)

@@ -1,0 +1,239 @@
+"""Train / validation / test splits of a subject's images (METHOD.md §1.3).
+
+Every split derives from one seeded permutation π = ``torch.randperm(n)``:
+
+* ``clean`` (default): train = π[:⌊0.75 n⌋], val = π[⌊0.75 n⌋:⌊0.85 n⌋], test = the rest.
+* ``paper`` (published): train = the 85 % tuning split, no val, test = the 15 % held out, plus the
+  five cross-validation folds of the published selection P-B, drawn from a pool inside the
+  tuning split.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cortexcl.atomic import atomic_write_json
+from cortexcl.errors import InputError
+
+PROTOCOLS = ("clean", "paper")
+N_FOLDS = 5
+
+_Fold = tuple[np.ndarray, np.ndarray]
+
+
+def _indices(values: Any) -> np.ndarray:
+    array = np.asarray(values, dtype=np.int64).reshape(-1)
+    array.setflags(write=False)
+    return array
+
+
+@dataclass(frozen=True, eq=False)
+class Split:
+    """Image indices of one subject's split.
+
+    Attributes
+    ----------
+    train, val, test : numpy.ndarray
+        int64 image indices (rows of the fMRI arrays), in permutation order.
+    seed : int
+        Seed of the permutation.
+    protocol : {"clean", "paper"}
+    folds : tuple of (numpy.ndarray, numpy.ndarray)
+        ``paper`` only: the (fold_train, fold_val) image indices of the five CV folds.
+    """
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    seed: int
+    protocol: str
+    folds: tuple[_Fold, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise InputError(
+                f"unknown split protocol {self.protocol!r} (valid: {', '.join(PROTOCOLS)})"
+            )
+        for name in ("train", "val", "test"):
+            object.__setattr__(self, name, _indices(getattr(self, name)))
+        folds = tuple((_indices(train), _indices(val)) for train, val in self.folds)
+        object.__setattr__(self, "folds", folds)
+        object.__setattr__(self, "seed", int(self.seed))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Split):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    @property
+    def n_images(self) -> int:
+        """Number of images the split covers."""
+        return int(self.train.size + self.val.size + self.test.size)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the split as a JSON-ready dict of plain Python values."""
+        return {
+            "protocol": self.protocol,
+            "seed": self.seed,
+            "n_images": self.n_images,
+            "train": self.train.tolist(),
+            "val": self.val.tolist(),
+            "test": self.test.tolist(),
+            "folds": [{"train": train.tolist(), "val": val.tolist()} for train, val in self.folds],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Split:
+        """Rebuild a split from :meth:`to_dict` output.
+
+        Raises
+        ------
+        InputError
+            If a key is missing or the parts are not disjoint image indices.
+        """
+        try:
+            split = cls(
+                train=data["train"],
+                val=data["val"],
+                test=data["test"],
+                seed=data["seed"],
+                protocol=data["protocol"],
+                folds=tuple((fold["train"], fold["val"]) for fold in data.get("folds", ())),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            if isinstance(error, InputError):
+                raise
+            raise InputError(f"not a split record ({type(error).__name__}: {error})") from None
+        parts = np.concatenate([split.train, split.val, split.test])
+        if np.unique(parts).size != parts.size or (parts.size and parts.min() < 0):
+            raise InputError("not a split record: parts overlap or hold negative indices")
+        return split
+
+    def save(self, path: str | Path) -> None:
+        """Write the split to ``path`` as JSON (atomically)."""
+        atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Split:
+        """Read a split written by :meth:`save`.
+
+        Raises
+        ------
+        InputError
+            If the file is missing or not a split record.
+        """
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InputError(f"{path}: file not found") from None
+        except (OSError, ValueError) as error:
+            raise InputError(f"{path}: not a JSON split record ({error})") from None
+        if not isinstance(data, dict):
+            raise InputError(f"{path}: not a split record")
+        try:
+            return cls.from_dict(data)
+        except InputError as error:
+            raise InputError(f"{path}: {error}") from None
+
+
+def permutation(n: int, seed: int = 0) -> np.ndarray:
+    """Return the seeded permutation π of ``range(n)`` that every split is cut from.
+
+    Equal to ``torch.randperm(n)`` drawn right after ``torch.manual_seed(seed)``, but made with
+    a private generator, so torch's global random state is left alone.
+
+    Parameters
+    ----------
+    n : int
+        Number of images.
+    seed : int
+        Seed of the torch generator.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 permutation of ``0 … n-1``.
+    """
+    generator = torch.Generator().manual_seed(int(seed))
+    return torch.randperm(int(n), generator=generator).numpy().astype(np.int64)
+
+
+def _cut(fraction: float, n: int) -> int:
+    # floor(fraction * n), immune to products such as 0.29 * 100 = 28.999999999999996
+    return math.floor(fraction * n + 1e-9)
+
+
+def make_splits(
+    n_images: int,
+    seed: int = 0,
+    protocol: str = "clean",
+    fractions: tuple[float, float, float] = (0.75, 0.10, 0.15),
+) -> Split:
+    """Split ``n_images`` images into train, validation and test parts.
+
+    Parameters
+    ----------
+    n_images : int
+        Number of images (rows of the subject's fMRI arrays).
+    seed : int
+        Seed of the permutation (see :func:`permutation`).
+    protocol : {"clean", "paper"}
+        ``clean``: train = π[:⌊f₀n⌋], val = π[⌊f₀n⌋:⌊(f₀+f₁)n⌋], test = the rest.
+        ``paper``: train = π[:⌊(f₀+f₁)n⌋] (the tuning split), val empty, test = the rest, and
+        five folds over the pool π[:⌊f₀n⌋ + ⌊f₁n⌋]: with f = ⌊0.2·pool⌋, fold k validates on
+        pool positions [k f, (k+1) f) and trains on the rest of the pool.
+    fractions : tuple of float
+        Train, validation and test fractions; they must sum to 1.
+
+    Returns
+    -------
+    Split
+
+    Raises
+    ------
+    InputError
+        On an unknown protocol, fewer than one image, or fractions that are negative or do not
+        sum to 1.
+    """
+    if protocol not in PROTOCOLS:
+        raise InputError(f"unknown split protocol {protocol!r} (valid: {', '.join(PROTOCOLS)})")
+    if int(n_images) != n_images or n_images < 1:
+        raise InputError(f"n_images must be a positive integer, got {n_images!r}")
+    n_images = int(n_images)
+    if len(fractions) != 3 or min(fractions) < 0 or not math.isclose(sum(fractions), 1.0):
+        raise InputError(
+            f"split fractions must be three non-negative numbers summing to 1, got {fractions}"
+        )
+    order = permutation(n_images, seed)
+    train_end = _cut(fractions[0], n_images)
+    val_end = _cut(fractions[0] + fractions[1], n_images)
+    if protocol == "clean":
+        return Split(
+            train=order[:train_end],
+            val=order[train_end:val_end],
+            test=order[val_end:],
+            seed=seed,
+            protocol=protocol,
+        )
+    pool = order[: train_end + _cut(fractions[1], n_images)]
+    fold_size = _cut(1 / N_FOLDS, pool.size)
+    folds = []
+    for k in range(N_FOLDS):
+        start, stop = k * fold_size, (k + 1) * fold_size
+        folds.append((np.concatenate([pool[:start], pool[stop:]]), pool[start:stop]))
+    return Split(
+        train=order[:val_end],
+        val=order[:0],
+        test=order[val_end:],
+        seed=seed,
+        protocol=protocol,
+        folds=tuple(folds),
+    )

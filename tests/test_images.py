@@ -1,0 +1,229 @@
+"""Tests of the decode-once image store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms
+
+from cortexcl.data import images as images_module
+from cortexcl.data.images import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageStore,
+    default_cache_dir,
+    normalize,
+)
+from cortexcl.errors import InputError
+
+SIZE = 24
+
+
+@pytest.fixture
+def image_files(tmp_path) -> list[Path]:
+    """Seven small images in several modes and shapes (one not square)."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    paths = []
+    for i in range(4):
+        pixels = rng.integers(0, 256, size=(40, 40, 3), dtype=np.uint8)
+        paths.append(folder / f"rgb-{i}.png")
+        Image.fromarray(pixels).save(paths[-1])
+    rgba = rng.integers(0, 256, size=(30, 30, 4), dtype=np.uint8)
+    paths.append(folder / "rgba.png")
+    Image.fromarray(rgba, "RGBA").save(paths[-1])
+    paths.append(folder / "gray.png")
+    Image.fromarray(rng.integers(0, 256, size=(48, 48), dtype=np.uint8), "L").save(paths[-1])
+    paths.append(folder / "wide-palette.png")
+    wide = Image.fromarray(rng.integers(0, 256, size=(20, 50, 3), dtype=np.uint8))
+    wide.convert("P").save(paths[-1])
+    return paths
+
+
+def reference(path: Path, size: int = SIZE) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
+
+
+def test_array_matches_direct_pil_and_torchvision_resize(image_files, tmp_path):
+    store = ImageStore(image_files, size=SIZE, cache_dir=tmp_path / "cache", progress=False)
+    array = store.array()
+    assert len(store) == 7 and array.shape == (7, SIZE, SIZE, 3) and array.dtype == np.uint8
+    assert not array.flags.writeable
+    resize = transforms.Resize((SIZE, SIZE), antialias=True)
+    for i, path in enumerate(image_files):
+        np.testing.assert_array_equal(array[i], reference(path))
+        with Image.open(path) as image:
+            np.testing.assert_array_equal(array[i], np.asarray(resize(image.convert("RGB"))))
+
+
+def test_tensor_matches_torchvision_pipeline(image_files, tmp_path):
+    store = ImageStore(image_files, size=SIZE, cache_dir=tmp_path / "cache", progress=False)
+    pipeline = transforms.Compose(
+        [
+            transforms.Resize((SIZE, SIZE), antialias=True),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+    indices = [5, 0, 3, 3]
+    batch = store.tensor(indices)
+    assert batch.shape == (4, 3, SIZE, SIZE) and batch.dtype == torch.float32
+    for row, i in enumerate(indices):
+        with Image.open(image_files[i]) as image:
+            expected = pipeline(image.convert("RGB"))
+        torch.testing.assert_close(batch[row], expected, rtol=0, atol=1e-6)
+    raw = store.uint8(indices)
+    assert raw.dtype == torch.uint8 and raw.shape == (4, 3, SIZE, SIZE)
+    np.testing.assert_array_equal(raw[1].permute(1, 2, 0).numpy(), reference(image_files[0]))
+
+
+def test_normalize_matches_torchvision_normalize():
+    batch = torch.randint(0, 256, (3, 3, 5, 5), dtype=torch.uint8)
+    expected = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)(batch.float() / 255)
+    torch.testing.assert_close(normalize(batch), expected, rtol=0, atol=1e-6)
+    assert batch.dtype == torch.uint8
+    with pytest.raises(ValueError, match="uint8"):
+        normalize(batch.float())
+
+
+def test_batches_cover_indices_in_order(image_files, tmp_path):
+    store = ImageStore(image_files, size=SIZE, cache_dir=tmp_path / "cache", progress=False)
+    indices = np.array([6, 2, 4, 0, 1])
+    batches = list(store.batches(indices, batch_size=2))
+    assert [b.shape[0] for b in batches] == [2, 2, 1]
+    torch.testing.assert_close(torch.cat(batches), store.tensor(indices), rtol=0, atol=0)
+    with pytest.raises(IndexError):
+        store.uint8([7])
+
+
+def test_cache_is_built_once_and_reused(image_files, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    first = ImageStore(image_files, size=SIZE, cache_dir=cache, progress=False)
+    expected = np.array(first.array())
+    assert sorted(p.name for p in cache.iterdir()) == [f"{first.key}.npy"]
+
+    def no_decoding(path, size):
+        raise AssertionError(f"decoded {path} again")
+
+    monkeypatch.setattr(images_module, "_decode_image", no_decoding)
+    second = ImageStore(list(image_files), size=SIZE, cache_dir=cache, progress=False)
+    assert second.key == first.key
+    np.testing.assert_array_equal(second.array(), expected)
+    # another size is another cache, and needs decoding
+    with pytest.raises(AssertionError, match="decoded"):
+        ImageStore(image_files, size=SIZE + 1, cache_dir=cache, progress=False).array()
+    assert sorted(p.name for p in cache.iterdir()) == [f"{first.key}.npy"]
+
+
+def test_default_cache_location(image_files, monkeypatch, tmp_path):
+    monkeypatch.setenv("CORTEXCL_CACHE", str(tmp_path / "env-cache"))
+    assert default_cache_dir() == tmp_path / "env-cache"
+    store = ImageStore(image_files[:2], size=8, progress=False)
+    store.array()
+    assert store.cache_path == tmp_path / "env-cache" / "images" / f"{store.key}.npy"
+    assert store.cache_path.is_file()
+    monkeypatch.delenv("CORTEXCL_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "cortexcl"
+
+
+def test_key_depends_on_content_names_order_and_size(image_files, tmp_path):
+    def key(paths, size=SIZE):
+        return ImageStore(paths, size=size, cache_dir=tmp_path, progress=False).key
+
+    base = key(image_files)
+    assert key(image_files) == base
+    assert key(image_files, size=SIZE + 1) != base
+    assert key(image_files[::-1]) != base
+    # a copy elsewhere with the same names and bytes shares the key (the cache is relocatable)
+    copy_dir = tmp_path / "copy"
+    copy_dir.mkdir()
+    copies = []
+    for path in image_files:
+        copies.append(copy_dir / path.name)
+        copies[-1].write_bytes(path.read_bytes())
+    assert key(copies) == base
+    # same name and byte size, one byte of content changed
+    data = bytearray(copies[2].read_bytes())
+    data[-1] ^= 0xFF
+    copies[2].write_bytes(bytes(data))
+    assert copies[2].stat().st_size == image_files[2].stat().st_size
+    assert key(copies) != base
+    # same content under another name
+    renamed = copy_dir / "renamed.png"
+    renamed.write_bytes(image_files[0].read_bytes())
+    assert key([renamed, *image_files[1:]]) != base
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not an image", "bad chunk"])
+def test_corrupt_image_raises_and_writes_nothing(image_files, tmp_path, damage):
+    victim = image_files[3]
+    data = victim.read_bytes()
+    victim.write_bytes(
+        {
+            "truncated": data[: len(data) // 2],
+            "not an image": b"hello, this is text",
+            "bad chunk": data[:40] + bytes(b ^ 0x5A for b in data[40:80]) + data[80:],
+        }[damage]
+    )
+    cache = tmp_path / "cache"
+    store = ImageStore(image_files, size=SIZE, cache_dir=cache, workers=2, progress=False)
+    with pytest.raises(InputError, match="rgb-3.png: cannot decode image") as error:
+        store.array()
+    assert "\n" not in str(error.value)
+    assert list(cache.iterdir()) == []
+
+
+def test_interrupted_build_leaves_no_cache(image_files, tmp_path, monkeypatch):
+    real_decode = images_module._decode_image
+
+    def interrupted(path, size):
+        if path.name == "gray.png":
+            raise KeyboardInterrupt
+        return real_decode(path, size)
+
+    monkeypatch.setattr(images_module, "_decode_image", interrupted)
+    cache = tmp_path / "cache"
+    store = ImageStore(image_files, size=SIZE, cache_dir=cache, workers=1, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        store.array()
+    assert list(cache.iterdir()) == []
+    monkeypatch.setattr(images_module, "_decode_image", real_decode)
+    np.testing.assert_array_equal(store.array()[5], reference(image_files[5]))
+
+
+def test_damaged_cache_file_is_rebuilt(image_files, tmp_path):
+    cache = tmp_path / "cache"
+    store = ImageStore(image_files, size=SIZE, cache_dir=cache, progress=False)
+    cache.mkdir()
+    np.save(store.cache_path, np.zeros((2, 2), dtype=np.uint8))
+    np.testing.assert_array_equal(store.array()[0], reference(image_files[0]))
+
+
+def test_bad_arguments(image_files, tmp_path):
+    with pytest.raises(InputError, match="no image files"):
+        ImageStore([], cache_dir=tmp_path)
+    with pytest.raises(InputError, match="missing.png: image file not found"):
+        ImageStore([*image_files, tmp_path / "missing.png"], cache_dir=tmp_path)
+    with pytest.raises(InputError, match="image size"):
+        ImageStore(image_files, size=0, cache_dir=tmp_path)
+    store = ImageStore(image_files, size=SIZE, cache_dir=tmp_path, progress=False)
+    with pytest.raises(InputError, match="batch size"):
+        next(store.batches([0], batch_size=0))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_batches_match_cpu(image_files, tmp_path):
+    store = ImageStore(image_files, size=SIZE, cache_dir=tmp_path / "cache", progress=False)
+    indices = [6, 1, 1, 3]
+    on_gpu = store.tensor(indices, device="cuda")
+    assert on_gpu.device.type == "cuda" and on_gpu.dtype == torch.float32
+    torch.testing.assert_close(on_gpu.cpu(), store.tensor(indices), rtol=0, atol=1e-6)
+    gpu_batches = torch.cat(list(store.batches(indices, 3, device="cuda"))).cpu()
+    torch.testing.assert_close(gpu_batches, store.tensor(indices), rtol=0, atol=1e-6)
