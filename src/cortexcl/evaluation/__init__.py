@@ -1,0 +1,1 @@
+"""Evaluations of tuned models: encoding scores, transfer, probes, salience, mutual information."""

@@ -1,0 +1,49 @@
+"""Freezing named layers of a network (the "layers frozen" tuning option)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+from cortexcl.errors import InputError
+
+
+def freeze_layers(module: nn.Module, names: Sequence[str]) -> list[str]:
+    """Stop the training of the parameters under the named submodules.
+
+    A name selects every parameter whose full name equals it or starts with ``name + "."``,
+    so ``"features.0"`` freezes the first AlexNet convolution and ``"features"`` the whole
+    convolutional part. Frozen parameters get ``requires_grad = False``; build the optimiser
+    from the parameters that still require gradients.
+
+    Parameters
+    ----------
+    module : nn.Module
+        The network, e.g. a torchvision AlexNet.
+    names : sequence of str
+        Submodule names or prefixes, as in ``module.named_parameters()``.
+
+    Returns
+    -------
+    list of str
+        Names of the frozen parameters, in the module's order.
+
+    Raises
+    ------
+    InputError
+        If a name selects no parameter.
+    """
+    parameters = dict(module.named_parameters())
+    selected: set[str] = set()
+    for name in names:
+        matched = {p for p in parameters if p == name or p.startswith(f"{name}.")}
+        if not matched:
+            layers = ", ".join(dict.fromkeys(p.rpartition(".")[0] for p in parameters))
+            raise InputError(
+                f"frozen layers: {name!r} selects no parameters; layers with parameters: {layers}"
+            )
+        selected |= matched
+    for name in selected:
+        parameters[name].requires_grad_(False)
+    return [p for p in parameters if p in selected]
