@@ -47,12 +47,14 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented JSON to ``path`` atomically and return the path."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default)
+    return atomic_write_text(path, text + "\n")
 
 
 def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
     """Save ``array`` in ``.npy`` format to ``path`` atomically and return the path."""
-    return _atomic_write(path, lambda handle: np.save(handle, np.asarray(array), allow_pickle=False))
+    array = np.asarray(array)
+    return _atomic_write(path, lambda handle: np.save(handle, array, allow_pickle=False))
 
 
 @contextlib.contextmanager

@@ -22,6 +22,8 @@ app = typer.Typer(
 console = Console(stderr=True)
 stdout = Console()
 
+DEMO_OUT = Path("cortexcl-demo")
+Device = Annotated[str | None, typer.Option(help="cpu or cuda; default: cuda if present.")]
 Hemispheres = Annotated[list[str], typer.Option("--hemisphere", "-H", help="lh and/or rh.")]
 Rois = Annotated[list[str], typer.Option(
     "--roi", "-r", help="ROI names or groups (early, higher, streams, early+higher); "
@@ -70,7 +72,7 @@ def encode(
     min_vertices: Annotated[int, typer.Option(help="Skip (and list) smaller ROIs.")] = 20,
     image_size: Annotated[int, typer.Option(help="Network input size.")] = 224,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
-    device: Annotated[str | None, typer.Option(help="cpu or cuda; default: cuda if present.")] = None,
+    device: Device = None,
     cache_dir: Annotated[Path | None, typer.Option(help="Image cache folder.")] = None,
 ) -> None:
     """Fit voxel-wise encoding models (PCA + ridge) of one subject's ROIs."""
@@ -85,29 +87,75 @@ def encode(
 
 
 @app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="Study configuration (YAML).")],
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Run directory; default runs/<name>.")] = None,
+    dry_run: Annotated[bool, typer.Option(help="List the jobs and stop.")] = False,
+    device: Device = None,
+) -> None:
+    """Run a study: tuning, encoding and evaluation jobs; finished jobs are skipped."""
+    from cortexcl.config import load_config
+    from cortexcl.study.runner import run_study
+
+    study = load_config(config)
+    out = out or Path("runs") / study.name
+    jobs, report = run_study(study, out, dry_run=dry_run, device=device, announce=_announce)
+    if report is None:
+        for job in jobs:
+            stdout.print(job.key)
+        stdout.print(f"{len(jobs)} jobs")
+        return
+    _finish_study(out, report)
+
+
+@app.command()
 def demo(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory.")] = Path("cortexcl-demo"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory.")] = DEMO_OUT,
     n_images: Annotated[int, typer.Option(help="Training images of the simulated subject.")] = 1000,
 ) -> None:
     """Simulate a small subject (cached) and encode its early ROIs with an untuned AlexNet."""
     from cortexcl.workflows import run_demo
 
     table = run_demo(out, n_images=n_images, announce=_announce)
-    print_summary(table, f"Demo: untuned AlexNet on a simulated subject ({out}/tables/encoding.csv)")
+    print_summary(table, f"Demo: untuned AlexNet, simulated subject ({out}/tables/encoding.csv)")
 
 
 def print_summary(table: pd.DataFrame, title: str) -> None:
     """Print the per-ROI summary table of a run on the terminal."""
     grid = Table(title=title)
-    columns = ["subject", "hemisphere", "roi", "method", "n_vertices", "best_layer", "mean_r",
-               "median_r", "mean_nc_score"]
-    columns = [column for column in columns if column in table.columns]
+    preferred = ["subject", "hemisphere", "roi", "method", "n_vertices", "best_layer", "mean_r",
+                 "median_r", "mean_nc_score"]
+    columns = [c for c in preferred if c in table.columns]
+    columns += [c for c in table.columns if c not in preferred]
     for column in columns:
         grid.add_column(column, justify="right" if table[column].dtype.kind in "fiu" else "left")
     for _, row in table.iterrows():
-        grid.add_row(*(f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c])
-                       for c in columns))
+        grid.add_row(*(_format(row[c]) for c in columns))
     stdout.print(grid)
+
+
+def _format(value: object) -> str:
+    if isinstance(value, float):
+        return "" if value != value else (f"{value:.2g}" if abs(value) < 1e-3 else f"{value:.3f}")
+    return str(value)
+
+
+def _finish_study(out: Path, report) -> None:
+    from cortexcl.evaluation.single_subject import comparison_table
+
+    tables = out / "tables" / "encoding.csv"
+    if tables.is_file():
+        print_summary(comparison_table(pd.read_csv(tables)), f"Mean test r per ROI ({tables})")
+    stdout.print(f"jobs: {len(report.done)} done, {len(report.skipped)} already done, "
+                 f"{len(report.failed)} failed, {len(report.blocked)} blocked")
+    report_file = out / "report.html"
+    if report_file.is_file():
+        stdout.print(f"report: {report_file}")
+    for key, log in report.failed.items():
+        console.print(f"[red]failed:[/red] {key} (log: {log})")
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 def _announce(message: str) -> None:

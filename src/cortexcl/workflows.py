@@ -10,7 +10,7 @@ import pandas as pd
 from cortexcl.data.algonauts import load_subject, subject_name
 from cortexcl.data.images import default_cache_dir
 from cortexcl.data.rois import HEMISPHERES
-from cortexcl.encoding.pipeline import encode_subject
+from cortexcl.encoding.pipeline import TABLE_KEY, encode_subject
 from cortexcl.models.backbones import describe_weights
 from cortexcl.study.store import RunDirectory
 
@@ -68,11 +68,17 @@ def encode(
         run.write_config(settings)
         run.write_manifest(seeds={"split": seed, "weights": seed},
                            datasets={data.name: data.data_hash()})
-        return encode_subject(data, run, hemispheres=hemispheres, rois=rois, weights=weights,
-                              method=method, seed=seed, protocol=protocol,
-                              n_components=n_components, refit=refit,
-                              min_vertices=min_vertices, batch_size=batch_size, device=device,
-                              progress=progress)
+        encoded, excluded = encode_subject(
+            data, run, hemispheres=hemispheres, rois=rois, weights=weights, method=method,
+            seed=seed, protocol=protocol, n_components=n_components, refit=refit,
+            min_vertices=min_vertices, batch_size=batch_size, device=device, progress=progress)
+        if not excluded.empty:
+            run.upsert_table("excluded", excluded, TABLE_KEY)
+            announce(f"{len(excluded)} ROI(s) left out for size: see {run.path('tables')}/"
+                     "excluded.csv")
+        if not encoded.empty:
+            run.upsert_table("encoding", encoded, TABLE_KEY)
+        return encoded
 
 
 def demo_data(n_images: int = 1000, progress: bool = True) -> Path:

@@ -65,7 +65,7 @@ def encode_subject(
     batch_size: int = 64,
     device: str | torch.device | None = None,
     progress: bool = True,
-) -> pd.DataFrame:
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Fit encoding models for every requested ROI of one subject with one backbone.
 
     Features of every candidate layer are extracted once for all images (streamed to float16
@@ -78,8 +78,7 @@ def encode_subject(
     subject : Subject
         The subject to encode.
     run : RunDirectory
-        Where the results go: ``encoding/<subject>/<hemi>/<roi>/<method>/`` and rows of
-        ``tables/encoding.csv`` (ROIs below ``min_vertices`` go to ``tables/excluded.csv``).
+        Where the results go: ``encoding/<subject>/<hemi>/<roi>/<method>/``.
     hemispheres : sequence of {"lh", "rh"}
         Hemispheres to encode.
     rois : str or sequence of str
@@ -106,8 +105,8 @@ def encode_subject(
 
     Returns
     -------
-    pandas.DataFrame
-        One row per encoded (hemisphere, ROI).
+    encoded, excluded : pandas.DataFrame
+        One row per encoded (hemisphere, ROI), and one per ROI left out for its size.
     """
     for hemisphere in hemispheres:
         if hemisphere not in HEMISPHERES:
@@ -140,12 +139,7 @@ def encode_subject(
                 nc = None if ceiling is None else ceiling[columns]
                 rows.append(_write_result(run, subject, hemisphere, roi, method, model, nc,
                                           context))
-    table = pd.DataFrame(rows)
-    if rows:
-        run.upsert_table("encoding", table, TABLE_KEY)
-    if excluded:
-        run.upsert_table("excluded", pd.DataFrame(excluded), TABLE_KEY)
-    return table
+    return pd.DataFrame(rows), pd.DataFrame(excluded)
 
 
 def _write_result(run: RunDirectory, subject: Subject, hemisphere: str, roi: str, method: str,

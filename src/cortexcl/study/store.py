@@ -52,7 +52,8 @@ class RunDirectory:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise InputError(f"{self.root}: cannot create the run directory ({error.strerror})") from None
+            raise InputError(
+                f"{self.root}: cannot create the run directory ({error.strerror})") from None
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:

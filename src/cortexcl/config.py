@@ -1,0 +1,182 @@
+"""A study's configuration: pydantic models read from YAML, with unknown keys refused."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from cortexcl.data.rois import HEMISPHERES, expand_rois
+from cortexcl.errors import InputError
+
+Method = Literal["untuned", "cl", "rt", "pooled-avg", "pooled-const"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SimulationConfig(_Strict):
+    """A simulated data set, written once into the cache and reused."""
+
+    n_images: int = Field(1000, ge=20)
+    n_test_images: int = Field(20, ge=0)
+    image_size: int = Field(256, ge=16)
+    roi_scale: float = Field(0.1, gt=0)
+    reference_subject: int = Field(1, ge=1, le=8)
+    seed: int = 0
+
+
+class DataConfig(_Strict):
+    """Where the subjects come from: an Algonauts 2023 root, or a simulation if ``root`` is null."""
+
+    root: Path | None = None
+    simulate: SimulationConfig = SimulationConfig()
+    subjects: list[int] = Field(default_factory=lambda: [1], min_length=1)
+    image_size: int = Field(224, ge=32, description="network input size")
+
+
+class SelectionConfig(_Strict):
+    """Which hemispheres and ROIs to study."""
+
+    hemispheres: list[Literal["lh", "rh"]] = Field(default_factory=lambda: list(HEMISPHERES),
+                                                   min_length=1)
+    rois: list[str] = Field(default_factory=lambda: ["early"], min_length=1)
+    min_vertices: int = Field(20, ge=1)
+
+    @field_validator("rois")
+    @classmethod
+    def _known_rois(cls, rois: list[str]) -> list[str]:
+        try:
+            return expand_rois(rois)
+        except InputError as error:
+            raise ValueError(str(error)) from None
+
+
+class OptimizerConfig(_Strict):
+    """Adam and the epoch loop."""
+
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(1024, ge=2)
+    lr: float = Field(1e-4, gt=0)
+
+
+class ContrastiveConfig(OptimizerConfig):
+    """Contrastive (CL) tuning, METHOD.md §2.1–2.3."""
+
+    temperature: float = Field(0.3, gt=0)
+    symmetric: bool = False
+    h_ratio: float = Field(0.8, gt=0)
+    z_ratio: float = Field(0.2, gt=0)
+    frozen: list[str] = Field(default_factory=list, description="backbone modules kept fixed")
+    regression_weight: float = Field(0.0, ge=0, description="λ of the mixed CL + λ·MSE objective")
+
+
+class RegressionConfig(OptimizerConfig):
+    """Regression-tuned (RT) baseline, METHOD.md §2.4."""
+
+    epochs: int = Field(75, ge=1)
+    lr: float = Field(2.5e-5, gt=0)
+
+
+class PooledConfig(OptimizerConfig):
+    """Pooled multi-subject contrastive model, METHOD.md §2.5."""
+
+    temperature: float = Field(0.3, gt=0)
+    hidden_override: int | None = Field(None, ge=2)
+    interleave: bool = False
+
+
+class TuningConfig(_Strict):
+    """Settings of every tuning method."""
+
+    cl: ContrastiveConfig = ContrastiveConfig()
+    rt: RegressionConfig = RegressionConfig()
+    pooled: PooledConfig = PooledConfig()
+
+
+class EncodingConfig(_Strict):
+    """PCA + ridge encoding, METHOD.md §3."""
+
+    protocol: Literal["clean", "paper"] = "clean"
+    n_components: int = Field(1000, ge=1)
+    refit: Literal["train+val", "train"] = "train+val"
+    batch_size: int = Field(64, ge=1)
+
+
+class EvaluationConfig(_Strict):
+    """Evaluations run after encoding."""
+
+    mutual_info: bool = True
+    temperature_scan: bool = Field(False, description="optimistic post-hoc τ, chosen on val")
+
+
+class ExecutionConfig(_Strict):
+    """How jobs run."""
+
+    executor: Literal["serial"] = "serial"
+    device: str | None = None
+
+
+class StudyConfig(_Strict):
+    """A whole study: data, selection, methods, tuning, encoding, evaluation and execution."""
+
+    name: str = "study"
+    seed: int = 0
+    weights: str = Field("imagenet", description="imagenet, none (random init) or a path")
+    methods: list[Method] = Field(default_factory=lambda: ["untuned", "cl", "rt"], min_length=1)
+    data: DataConfig = DataConfig()
+    selection: SelectionConfig = SelectionConfig()
+    tuning: TuningConfig = TuningConfig()
+    encoding: EncodingConfig = EncodingConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    execution: ExecutionConfig = ExecutionConfig()
+
+    def digest(self, *sections: str) -> str:
+        """Short hash of the named sections (all when none), for job completion records."""
+        data = self.model_dump(mode="json")
+        if sections:
+            data = {name: data[name] for name in sections}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_config(path: str | Path) -> StudyConfig:
+    """Read and validate a study configuration.
+
+    Raises
+    ------
+    InputError
+        One line naming the file and the first problem (missing file, bad YAML, unknown key,
+        wrong type or value).
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise InputError(f"{path}: cannot read the configuration ({error.strerror})") from None
+    except yaml.YAMLError as error:
+        raise InputError(f"{path}: not valid YAML ({_first_line(error)})") from None
+    return parse_config(raw if raw is not None else {}, source=str(path))
+
+
+def parse_config(raw: Any, source: str = "config") -> StudyConfig:
+    """Validate a configuration given as a mapping (see `load_config`)."""
+    if not isinstance(raw, dict):
+        raise InputError(f"{source}: the configuration must be a mapping of sections")
+    try:
+        return StudyConfig.model_validate(raw)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            message = "unknown key"
+        raise InputError(f"{source}: {where}: {message}") from None
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0]

@@ -1,0 +1,212 @@
+"""Run a study: prepare the data, plan the jobs, execute them, and build the tables."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cortexcl.atomic import atomic_write_text
+from cortexcl.config import StudyConfig
+from cortexcl.data.algonauts import Subject, load_subject, subject_name
+from cortexcl.data.images import default_cache_dir
+from cortexcl.data.rois import WHOLE_HEMISPHERE
+from cortexcl.data.splits import Split
+from cortexcl.encoding.pipeline import encode_subject, record_split
+from cortexcl.evaluation.single_subject import write_tables
+from cortexcl.models import TUNING_METHODS
+from cortexcl.models.backbones import load_alexnet
+from cortexcl.models.heads import check_roi_size
+from cortexcl.study.executors import EXECUTORS, ExecutionReport
+from cortexcl.study.jobs import Job, plan_jobs
+from cortexcl.study.store import RunDirectory
+from cortexcl.tuning.checkpoints import BACKBONE, save_tuned
+from cortexcl.tuning.trainer import CHECKPOINT, TrainingSet, TrainSettings, train
+
+
+@dataclass
+class StudyContext:
+    """What every job of a study shares: settings, run directory and loaded subjects."""
+
+    config: StudyConfig
+    run: RunDirectory
+    data_root: Path
+    device: str | None = None
+    progress: bool = True
+    _subjects: dict[str, Subject] = field(default_factory=dict)
+
+    def subject(self, name: str) -> Subject:
+        """The subject ``name``, loaded once."""
+        if name not in self._subjects:
+            self._subjects[name] = load_subject(self.data_root, name,
+                                                image_size=self.config.data.image_size,
+                                                progress=self.progress)
+        return self._subjects[name]
+
+    def split(self, subject: Subject) -> Split:
+        """The subject's split, recorded in the run."""
+        return record_split(self.run, subject, self.config.seed, self.config.encoding.protocol)
+
+    def roi_size(self, subject: str, hemisphere: str, roi: str) -> int:
+        """Number of vertices of an ROI (the whole hemisphere for ``all``)."""
+        data = self.subject(subject)
+        if roi == WHOLE_HEMISPHERE:
+            return data.n_vertices(hemisphere)
+        return int(data.roi_indices(hemisphere, roi).size)
+
+
+def prepare_data(config: StudyConfig, progress: bool = True) -> Path:
+    """The data root of a study: ``data.root``, or the cached simulation it describes."""
+    if config.data.root is not None:
+        return config.data.root
+    from cortexcl.data.simulate import simulate_subject
+
+    sim = config.data.simulate
+    root = default_cache_dir() / "simulated" / StudyConfig(data={"simulate": sim}).digest("data")
+    for number in config.data.subjects:
+        if not (root / subject_name(number)).is_dir():
+            simulate_subject(root, subject=number, n_images=sim.n_images,
+                             n_test_images=sim.n_test_images, image_size=sim.image_size,
+                             roi_scale=sim.roi_scale, reference_subject=sim.reference_subject,
+                             seed=sim.seed + 1000 * number, progress=progress)
+    return root
+
+
+def run_study(config: StudyConfig, out: str | Path, *, dry_run: bool = False,
+              device: str | None = None, progress: bool = True,
+              announce: Callable[[str], None] = print) -> tuple[list[Job], ExecutionReport | None]:
+    """Run (or, with ``dry_run``, only plan) a study in the run directory ``out``.
+
+    Returns
+    -------
+    jobs, report
+        The planned jobs, and what happened to them (None for a dry run).
+    """
+    run = RunDirectory(out)
+    with run.lock():
+        context = StudyContext(config, run, prepare_data(config, progress),
+                               device=device or config.execution.device, progress=progress)
+        jobs = plan_jobs(config, context.roi_size)
+        if dry_run:
+            return jobs, None
+        run.write_config(config.model_dump(mode="json"))
+        run.write_manifest(
+            seeds={"study": config.seed},
+            datasets={name: context.subject(name).data_hash()
+                      for name in map(subject_name, config.data.subjects)},
+            extra={"weights": config.weights, "data_root": str(context.data_root)})
+        executor = EXECUTORS[config.execution.executor]()
+
+        def on_event(event: str, job: Job) -> None:
+            if event != "skipped" or progress:
+                announce(f"{event:>8}  {job.key}")
+
+        report = executor.run(jobs, lambda job: run_job(job, context), run.root, on_event)
+        return jobs, report
+
+
+def run_job(job: Job, context: StudyContext) -> None:
+    """Execute one job (dispatch on its kind)."""
+    {"tune": _tune, "tune-pooled": _tune_pooled, "encode": _encode,
+     "aggregate": _aggregate}[job.kind](job, context)
+
+
+def job_seed(seed: int, key: str) -> int:
+    """A seed for one job, derived from the study seed and the job's key."""
+    return int(np.random.SeedSequence([seed, *key.encode()]).generate_state(1)[0])
+
+
+def _tune(job: Job, context: StudyContext) -> None:
+    config = context.config
+    subject = context.subject(job.subject)
+    split = context.split(subject)
+    responses = subject.responses(job.hemisphere, job.roi)
+    check_roi_size(responses.shape[1], config.selection.min_vertices,
+                   f"{subject.name} {job.hemisphere} {job.roi}")
+    spec = TUNING_METHODS[job.method]
+    settings = getattr(config.tuning, job.method)
+    seed = job_seed(config.seed, job.key)
+    backbone = load_alexnet(config.weights, seed=config.seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = spec.build(backbone, {subject.name: responses.shape[1]}, settings)
+    data = [TrainingSet(subject.name, subject.images, responses, split.train, split.val)]
+    _fit_and_save(job, context, model, data, settings, seed)
+
+
+def _tune_pooled(job: Job, context: StudyContext) -> None:
+    config = context.config
+    minimum = config.selection.min_vertices
+    data, counts = [], {}
+    for name in map(subject_name, sorted(config.data.subjects)):
+        if context.roi_size(name, job.hemisphere, job.roi) < minimum:
+            continue
+        subject = context.subject(name)
+        split = context.split(subject)
+        responses = subject.responses(job.hemisphere, job.roi)
+        data.append(TrainingSet(name, subject.images, responses, split.train, split.val))
+        counts[name] = responses.shape[1]
+    all_sizes = [context.roi_size(name, hemisphere, roi)
+                 for name in map(subject_name, config.data.subjects)
+                 for hemisphere in config.selection.hemispheres
+                 for roi in config.selection.rois if roi != WHOLE_HEMISPHERE]
+    settings = config.tuning.pooled
+    seed = job_seed(config.seed, job.key)
+    backbone = load_alexnet(config.weights, seed=config.seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = TUNING_METHODS["pooled"].build(
+            backbone, counts, settings, mode=job.method.removeprefix("pooled-"),
+            all_roi_sizes=all_sizes)
+    _fit_and_save(job, context, model, data, settings, seed)
+
+
+def _fit_and_save(job: Job, context: StudyContext, model: torch.nn.Module,
+                  data: list[TrainingSet], settings, seed: int) -> None:
+    out = job.output_dir(context.run.root)
+    train_settings = TrainSettings(epochs=settings.epochs, batch_size=settings.batch_size,
+                                   lr=settings.lr, seed=seed,
+                                   interleave=getattr(settings, "interleave", False))
+    log = train(model, data, train_settings, out, device=context.device,
+                progress=context.progress)
+    last = log.iloc[-1]
+    meta = {
+        "method": job.method, "subjects": [d.name for d in data], "hemisphere": job.hemisphere,
+        "roi": job.roi, "n_vertices": {d.name: int(d.responses.shape[1]) for d in data},
+        "settings": settings.model_dump(mode="json"), "seed": seed,
+        "weights": context.config.weights,
+        "data_hash": {d.name: context.subject(d.name).data_hash() for d in data},
+        "n_train": {d.name: len(d.train) for d in data},
+        "final_train_loss": float(last["train_loss"]), "final_val_loss": float(last["val_loss"]),
+        "images_per_s": float(log["images_per_s"].mean()),
+    }
+    save_tuned(out, model.cpu(), meta)
+    (out / CHECKPOINT).unlink(missing_ok=True)
+
+
+def _encode(job: Job, context: StudyContext) -> None:
+    config = context.config
+    subject = context.subject(job.subject)
+    out = job.output_dir(context.run.root)
+    if job.method == "untuned":
+        weights, hemispheres, rois = config.weights, config.selection.hemispheres, \
+            config.selection.rois
+    else:
+        tuned_by = "pooled" if job.method.startswith("pooled") else job.subject
+        weights = context.run.path("models", tuned_by, job.hemisphere, job.roi, job.method,
+                                   BACKBONE)
+        hemispheres, rois = [job.hemisphere], [job.roi]
+    encoded, excluded = encode_subject(
+        subject, context.run, hemispheres=hemispheres, rois=rois, weights=weights,
+        method=job.method, seed=config.seed, protocol=config.encoding.protocol,
+        n_components=config.encoding.n_components, refit=config.encoding.refit,
+        min_vertices=config.selection.min_vertices, batch_size=config.encoding.batch_size,
+        device=context.device, progress=context.progress)
+    atomic_write_text(out / "excluded.csv", excluded.to_csv(index=False))
+
+
+def _aggregate(job: Job, context: StudyContext) -> None:
+    write_tables(context.run, context.config)
