@@ -205,3 +205,73 @@ def embed_pairs(
     finally:
         model.train(was_training)
     return z_x, z_y
+
+
+
+def embed_pairs_with_modality_statistics(
+    model: nn.Module,
+    calibration: tuple[Iterable[Tensor], Tensor | ArrayLike],
+    evaluation: tuple[Iterable[Tensor], Tensor | ArrayLike],
+    subject: str | None = None,
+    batch_size: int = 1024,
+) -> tuple[Tensor, Tensor]:
+    """Embed pairs with each modality's own BatchNorm statistics in the shared head.
+
+    In training, the head's BatchNorm layers normalise images and responses with their own
+    batch statistics, but their running statistics blend the two modalities; in eval mode both
+    are then normalised with that blend, which can push the bound below zero. This function
+    re-estimates the head's running statistics separately for images and for responses on
+    the ``calibration`` pairs (use the train part), embeds the ``evaluation`` pairs with them
+    (eval mode otherwise), and restores the model.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A contrastive model with a ``head`` and the ``embed_images`` / ``embed_responses``
+        methods.
+    calibration, evaluation : tuple
+        ``(image_batches, responses)``: normalised image batches, and the responses to those
+        images in the same order.
+    subject : str, optional
+        Subject whose response map a pooled model uses.
+    batch_size : int
+        Batch size for the responses.
+
+    Returns
+    -------
+    tuple of Tensor
+        ``(z_x, z_y)`` of the evaluation pairs, float32 on the CPU.
+    """
+    device = next(model.parameters()).device
+    kwargs = {} if subject is None else {"subject": subject}
+    norms = [m for m in model.head.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = {id(n): (n.running_mean.clone(), n.running_var.clone(), n.momentum) for n in norms}
+
+    def embed(modality: int, data: tuple[Iterable[Tensor], Tensor | ArrayLike]) -> Tensor:
+        if modality == 0:
+            return torch.cat([model.embed_images(x.to(device)).float().cpu() for x in data[0]])
+        y = torch.as_tensor(data[1], dtype=torch.float32)
+        return torch.cat([model.embed_responses(c.to(device), **kwargs).float().cpu()
+                          for c in y.split(batch_size)])
+
+    was_training = model.training
+    embeddings = []
+    try:
+        with torch.no_grad():
+            for modality in (0, 1):
+                model.eval()
+                for norm in norms:
+                    norm.reset_running_stats()
+                    norm.momentum = None  # a cumulative average over the calibration batches
+                    norm.train()
+                embed(modality, calibration)
+                model.eval()
+                embeddings.append(embed(modality, evaluation))
+    finally:
+        for norm in norms:
+            mean, var, momentum = saved[id(norm)]
+            norm.running_mean.copy_(mean)
+            norm.running_var.copy_(var)
+            norm.momentum = momentum
+        model.train(was_training)
+    return embeddings[0], embeddings[1]

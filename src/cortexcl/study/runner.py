@@ -5,25 +5,33 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
-from cortexcl.atomic import atomic_write_text
+from cortexcl.atomic import atomic_write_json, atomic_write_text
 from cortexcl.config import StudyConfig
 from cortexcl.data.algonauts import Subject, load_subject, subject_name
 from cortexcl.data.images import default_cache_dir
 from cortexcl.data.rois import WHOLE_HEMISPHERE
 from cortexcl.data.splits import Split
 from cortexcl.encoding.pipeline import encode_subject, record_split
+from cortexcl.evaluation.mutual_info import (
+    embed_pairs,
+    embed_pairs_with_modality_statistics,
+    infonce_bound,
+    select_temperature_on_val,
+)
 from cortexcl.evaluation.single_subject import write_tables
 from cortexcl.models import TUNING_METHODS
-from cortexcl.models.backbones import load_alexnet
+from cortexcl.models.backbones import load_alexnet, resolve_device
 from cortexcl.models.heads import check_roi_size
 from cortexcl.study.executors import EXECUTORS, ExecutionReport
 from cortexcl.study.jobs import Job, plan_jobs
 from cortexcl.study.store import RunDirectory
-from cortexcl.tuning.checkpoints import BACKBONE, save_tuned
+from cortexcl.tuning.checkpoints import BACKBONE, load_heads, save_tuned
 from cortexcl.tuning.trainer import CHECKPOINT, TrainingSet, TrainSettings, train
 
 
@@ -110,7 +118,7 @@ def run_study(config: StudyConfig, out: str | Path, *, dry_run: bool = False,
 
 def run_job(job: Job, context: StudyContext) -> None:
     """Execute one job (dispatch on its kind)."""
-    {"tune": _tune, "tune-pooled": _tune_pooled, "encode": _encode,
+    {"tune": _tune, "tune-pooled": _tune, "encode": _encode,
      "aggregate": _aggregate}[job.kind](job, context)
 
 
@@ -119,53 +127,43 @@ def job_seed(seed: int, key: str) -> int:
     return int(np.random.SeedSequence([seed, *key.encode()]).generate_state(1)[0])
 
 
-def _tune(job: Job, context: StudyContext) -> None:
-    config = context.config
-    subject = context.subject(job.subject)
-    split = context.split(subject)
-    responses = subject.responses(job.hemisphere, job.roi)
-    check_roi_size(responses.shape[1], config.selection.min_vertices,
-                   f"{subject.name} {job.hemisphere} {job.roi}")
-    spec = TUNING_METHODS[job.method]
-    settings = getattr(config.tuning, job.method)
-    seed = job_seed(config.seed, job.key)
-    backbone = load_alexnet(config.weights, seed=config.seed)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = spec.build(backbone, {subject.name: responses.shape[1]}, settings)
-    data = [TrainingSet(subject.name, subject.images, responses, split.train, split.val)]
-    _fit_and_save(job, context, model, data, settings, seed)
-
-
-def _tune_pooled(job: Job, context: StudyContext) -> None:
+def _tuning_setup(job: Job, context: StudyContext) -> tuple[torch.nn.Module, list[TrainingSet],
+                                                               Any, int]:
+    """Build a tuning job's model (seeded) and its training data; shared by tuning and MI."""
     config = context.config
     minimum = config.selection.min_vertices
-    data, counts = [], {}
-    for name in map(subject_name, sorted(config.data.subjects)):
-        if context.roi_size(name, job.hemisphere, job.roi) < minimum:
-            continue
+    if job.kind == "tune-pooled":
+        members = [name for name in map(subject_name, sorted(config.data.subjects))
+                   if context.roi_size(name, job.hemisphere, job.roi) >= minimum]
+        settings = config.tuning.pooled
+        spec, options = TUNING_METHODS["pooled"], {
+            "mode": job.method.removeprefix("pooled-"),
+            "all_roi_sizes": [context.roi_size(name, hemisphere, roi)
+                              for name in map(subject_name, config.data.subjects)
+                              for hemisphere in config.selection.hemispheres
+                              for roi in config.selection.rois if roi != WHOLE_HEMISPHERE]}
+    else:
+        members = [job.subject]
+        settings = getattr(config.tuning, job.method)
+        spec, options = TUNING_METHODS[job.method], {}
+    data = []
+    for name in members:
         subject = context.subject(name)
         split = context.split(subject)
         responses = subject.responses(job.hemisphere, job.roi)
+        check_roi_size(responses.shape[1], minimum, f"{name} {job.hemisphere} {job.roi}")
         data.append(TrainingSet(name, subject.images, responses, split.train, split.val))
-        counts[name] = responses.shape[1]
-    all_sizes = [context.roi_size(name, hemisphere, roi)
-                 for name in map(subject_name, config.data.subjects)
-                 for hemisphere in config.selection.hemispheres
-                 for roi in config.selection.rois if roi != WHOLE_HEMISPHERE]
-    settings = config.tuning.pooled
     seed = job_seed(config.seed, job.key)
     backbone = load_alexnet(config.weights, seed=config.seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = TUNING_METHODS["pooled"].build(
-            backbone, counts, settings, mode=job.method.removeprefix("pooled-"),
-            all_roi_sizes=all_sizes)
-    _fit_and_save(job, context, model, data, settings, seed)
+        model = spec.build(backbone, {d.name: d.responses.shape[1] for d in data}, settings,
+                           **options)
+    return model, data, settings, seed
 
 
-def _fit_and_save(job: Job, context: StudyContext, model: torch.nn.Module,
-                  data: list[TrainingSet], settings, seed: int) -> None:
+def _tune(job: Job, context: StudyContext) -> None:
+    model, data, settings, seed = _tuning_setup(job, context)
     out = job.output_dir(context.run.root)
     train_settings = TrainSettings(epochs=settings.epochs, batch_size=settings.batch_size,
                                    lr=settings.lr, seed=seed,
@@ -206,6 +204,49 @@ def _encode(job: Job, context: StudyContext) -> None:
         min_vertices=config.selection.min_vertices, batch_size=config.encoding.batch_size,
         device=context.device, progress=context.progress)
     atomic_write_text(out / "excluded.csv", excluded.to_csv(index=False))
+    if job.method != "rt" and job.method != "untuned" and config.evaluation.mutual_info:
+        _mutual_info(job, context, weights.parent)
+
+
+def _mutual_info(job: Job, context: StudyContext, model_dir: Path) -> None:
+    """InfoNCE bound (bits) of a contrastive model on the subject's test pairs.
+
+    ``mi_bits`` embeds in eval mode with the head's running statistics (METHOD.md §7.1);
+    ``mi_bits_modality_bn`` uses each modality's own statistics, re-estimated on the train
+    pairs (see `embed_pairs_with_modality_statistics`).
+    """
+    tuned_by = "pooled" if job.method.startswith("pooled") else job.subject
+    kind = "tune-pooled" if tuned_by == "pooled" else "tune"
+    model, data, settings, _ = _tuning_setup(
+        Job(kind, job.method, tuned_by, job.hemisphere, job.roi), context)
+    state = {f"backbone.{name}": tensor for name, tensor in
+             load_file(model_dir / BACKBONE).items()}
+    model.load_state_dict({**state, **load_heads(model_dir)})
+    model.to(resolve_device(context.device))
+    target = next(d for d in data if d.name == job.subject)
+    batch = context.config.encoding.batch_size
+
+    def embed(indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return embed_pairs(model, target.images.batches(indices, batch, context.device),
+                           target.responses[indices],
+                           subject=job.subject if tuned_by == "pooled" else None)
+
+    split = context.split(context.subject(job.subject))
+    test = embed(split.test)
+    own = embed_pairs_with_modality_statistics(
+        model, (target.images.batches(split.train, batch, context.device),
+                target.responses[split.train]),
+        (target.images.batches(split.test, batch, context.device), target.responses[split.test]),
+        subject=job.subject if tuned_by == "pooled" else None)
+    result = {"mi_bits": infonce_bound(*test, settings.temperature),
+              "mi_bits_modality_bn": infonce_bound(*own, settings.temperature),
+              "mi_log2_k": float(np.log2(len(test[0]))), "mi_temperature": settings.temperature}
+    if context.config.evaluation.temperature_scan and len(target.val) > 1:
+        beta, _ = select_temperature_on_val(*embed(target.val), base=settings.temperature)
+        result.update(mi_scan_beta=beta,
+                      mi_scan_bits=infonce_bound(*test, settings.temperature * beta))
+    atomic_write_json(context.run.encoding_dir(job.subject, job.hemisphere, job.roi, job.method)
+                      / "mutual_info.json", result)
 
 
 def _aggregate(job: Job, context: StudyContext) -> None:

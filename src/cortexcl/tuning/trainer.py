@@ -139,7 +139,7 @@ def evaluate_loss(model: nn.Module, datasets: Sequence[TrainingSet],
     model.eval()
     total, count = 0.0, 0
     for data, source in zip(datasets, sources, strict=True):
-        for batch in _chunks(torch.as_tensor(data.val), batch_size):
+        for batch in _chunks(torch.from_numpy(np.array(data.val)), batch_size):
             total += _batch_loss(model, data, source, batch, device).item() * len(batch)
             count += len(batch)
     return total / count if count else float("nan")
@@ -182,7 +182,8 @@ def _train_batches(datasets: Sequence[TrainingSet], sources: Sequence[_DeviceIma
                                                                  torch.Tensor]]:
     plan = []
     for index, data in enumerate(datasets):
-        order = torch.as_tensor(data.train)[torch.randperm(len(data.train), generator=generator)]
+        order = torch.from_numpy(np.array(data.train))[
+            torch.randperm(len(data.train), generator=generator)]
         plan.extend((index, batch) for batch in _chunks(order, settings.batch_size))
     if settings.interleave:
         plan = [plan[i] for i in torch.randperm(len(plan), generator=generator)]

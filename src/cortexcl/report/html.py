@@ -1,0 +1,319 @@
+"""The run report: one self-contained HTML page (figures embedded as PNG data URIs)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cortexcl.atomic import atomic_write_text
+from cortexcl.data.rois import ROI_NAMES
+from cortexcl.report.figures import (
+    BASELINE,
+    METHOD_ORDER,
+    ReportFigure,
+    RunResults,
+    make_figures,
+    ordered,
+)
+
+REPORT = "report.html"
+_KEY = ["subject", "hemisphere", "roi"]
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 75em; color: #222;
+       padding: 0 1em; line-height: 1.45; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; margin-top: 2em; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 0.8em 0; }
+th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; }
+th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.best { font-weight: bold; } tr:nth-child(even) td { background: #fafafa; }
+.warning { background: #fff3cd; border: 1px solid #e0b000; padding: 0.8em 1em;
+           border-radius: 4px; margin: 1em 0; }
+.note { color: #555; } .meta td:first-child { font-weight: bold; }
+figure { margin: 1.5em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { font-size: 0.9em; color: #333; max-width: 60em; }
+pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
+details { margin: 0.6em 0; } summary { cursor: pointer; color: #0b5394; }
+"""
+
+
+def build_report(run_dir: str | Path, *, subject: str | int | None = None,
+                 surfaces: bool = True) -> Path:
+    """Draw the figures of a run and write its ``report.html``.
+
+    Parameters
+    ----------
+    run_dir : path
+        A run directory holding ``tables/encoding.csv`` (written by ``cortexcl run``).
+    subject : str or int, optional
+        Subject of the per-subject figures (layer matrix, tuning curves, surface maps); the
+        first subject of the run by default.
+    surfaces : bool
+        Draw the cortical surface maps (the slowest part).
+
+    Returns
+    -------
+    Path
+        ``<run_dir>/report.html``; the figures are in ``<run_dir>/figures/``.
+
+    Raises
+    ------
+    InputError
+        If the run has no readable results table or ``subject`` has no results.
+    """
+    start = time.perf_counter()
+    results = RunResults(run_dir)
+    figures, notes = make_figures(results, subject=subject, surfaces=surfaces)
+    page = render_report(results, figures, notes, time.perf_counter() - start)
+    return atomic_write_text(results.path(REPORT), page)
+
+
+def render_report(results: RunResults, figures: list[ReportFigure], notes: list[str],
+                  seconds: float) -> str:
+    """The HTML page of a run (see `build_report`)."""
+    manifest = results.manifest()
+    config_path = results.path("config.yaml")
+    config_text = config_path.read_text() if config_path.is_file() else ""
+    name = _config_name(config_text) or results.root.name
+    parts = [f"<h1>cortexcl report: {_e(name)}</h1>",
+             f"<p class='note'>Run directory <code>{_e(results.root.resolve())}</code>"
+             f"{_e(', created ' + manifest['created']) if 'created' in manifest else ''}.</p>",
+             _overview(results, manifest), _weights_section(results, manifest),
+             "<h2>Results</h2>", _comparison(results)]
+    groups = _read_table(results.path("tables", "groups.csv"))
+    if groups is not None:
+        parts += ["<h3>ROI groups</h3>",
+                  "<p class='note'>Per subject, the mean over the ROIs of each group that every "
+                  "backbone has; then mean and SD over subjects, with paired tests across "
+                  "subjects (p_t: paired t test, p_wilcoxon: Wilcoxon signed-rank).</p>",
+                  html_table(groups)]
+    excluded = _read_table(results.path("tables", "excluded.csv"))
+    if excluded is not None:
+        parts += ["<h3>Excluded ROIs</h3>", html_table(excluded)]
+    parts += ["<h2>Figures</h2>", *(_figure(f) for f in figures)]
+    if notes:
+        parts += ["<h3>Notes</h3><ul>", *(f"<li>{_e(n)}</li>" for n in notes), "</ul>"]
+    parts += ["<h2>Tables and settings</h2>",
+              _details("All results (tables/encoding.csv)", html_table(_keys_first(results.table)))]
+    for path in sorted(results.path("tables").glob("*.csv")):
+        if path.name not in ("encoding.csv", "groups.csv", "excluded.csv"):
+            table = _read_table(path)
+            if table is not None:
+                parts.append(_details(f"tables/{path.name}", html_table(table)))
+    if config_text:
+        parts.append(_details("Study configuration (config.yaml)", f"<pre>{_e(config_text)}"
+                              f"</pre>", open_=True))
+    if manifest:
+        parts.append(_details("Manifest (versions, hardware, seeds, data)",
+                              f"<pre>{_e(json.dumps(manifest, indent=2))}</pre>"))
+    version = manifest.get("versions", {}).get("cortexcl", "")
+    built = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    parts.append(f"<p class='note'>Built by cortexcl {_e(version)} on {built} in "
+                 f"{seconds:.1f} s.</p>")
+    body = "\n".join(parts)
+    return (f"<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n"
+            f"<title>cortexcl report: {_e(name)}</title>\n<style>{_STYLE}</style>\n</head>\n"
+            f"<body>\n{body}\n</body>\n</html>\n")
+
+
+def html_table(table: pd.DataFrame, best: dict[int, set[str]] | None = None) -> str:
+    """An HTML table, numbers formatted by column (see `format_number`), right-aligned.
+
+    ``best`` maps a row position to the columns to print in bold.
+    """
+    columns = [str(c) for c in table.columns]
+    numeric = [pd.api.types.is_numeric_dtype(table[c]) and not pd.api.types.is_bool_dtype(
+        table[c]) for c in table.columns]
+    integral = [n and bool(np.all(np.mod(table[c].dropna(), 1) == 0))
+                for c, n in zip(table.columns, numeric, strict=True)]
+    head = "".join(f"<th>{_e(c)}</th>" for c in columns)
+    rows = []
+    for position, values in enumerate(table.itertuples(index=False, name=None)):
+        cells = []
+        for column, value, is_number, is_integer in zip(columns, values, numeric, integral,
+                                                        strict=True):
+            classes = ["num"] if is_number else []
+            if best and column in best.get(position, ()):
+                classes.append("best")
+            if not is_number:
+                text = "–" if pd.isna(value) else str(value)
+            elif pd.isna(value):
+                text = "–"
+            else:
+                text = str(int(value)) if is_integer else format_number(column, float(value))
+            attribute = f" class='{' '.join(classes)}'" if classes else ""
+            cells.append(f"<td{attribute}>{_e(text)}</td>")
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    return f"<table>\n<tr>{head}</tr>\n" + "\n".join(rows) + "\n</table>"
+
+
+def format_number(column: str, value: float) -> str:
+    """Format a number by its column name: p values in 3 decimals or scientific notation below
+    0.001, percentages in 1 decimal, other values in 3 decimals (1 from 100 on)."""
+    name = column.lower()
+    if name.startswith("p_") or name.endswith(" p") or name == "p":
+        return f"{value:.1e}" if abs(value) < 1e-3 else f"{value:.3f}"
+    if "pct" in name or "%" in name or abs(value) >= 100:
+        return f"{value:.1f}"
+    return f"{value:.3f}"
+
+
+def comparison_frame(table: pd.DataFrame) -> tuple[pd.DataFrame, dict[int, set[str]]]:
+    """One row per subject × hemisphere × ROI: mean test r of each backbone and the gains.
+
+    Returns the table and, per row, the backbone column(s) with the highest r (for bold type).
+    """
+    methods = ordered(table["method"].unique(), METHOD_ORDER)
+    indexed = table.set_index([*_KEY, "method"])
+    frame = table[_KEY].drop_duplicates().sort_values(_KEY, key=_sort_key)
+    frame = frame.reset_index(drop=True)
+    entries = list(frame.itertuples(index=False, name=None))
+
+    def values(column: str, method: str) -> list[float]:
+        return [indexed[column].get((*entry, method), math.nan) for entry in entries]
+
+    if "n_vertices" in table:
+        sizes = table.groupby(_KEY)["n_vertices"].max()
+        frame["vertices"] = [sizes[entry] for entry in entries]
+    for method in methods:
+        frame[f"r {method}"] = values("mean_r", method)
+    for baseline in (BASELINE, "rt"):
+        for method in methods:
+            if baseline not in methods or method in (BASELINE, baseline):
+                continue
+            for column, label in ((f"pct_improved_vs_{baseline}", f"{method} % > {baseline}"),
+                                  (f"p_vs_{baseline}", f"{method} vs {baseline} p")):
+                if column in indexed:
+                    frame[label] = values(column, method)
+    best = {}
+    if len(methods) > 1:
+        scores = frame[[f"r {m}" for m in methods]]
+        top = scores.max(axis=1)
+        for position in range(len(frame)):
+            best[position] = {c for c in scores.columns if scores.iloc[position][c] == top[
+                position]}
+    return frame, best
+
+
+def _sort_key(column: pd.Series) -> pd.Series:
+    if column.name != "roi":
+        return column
+    rank = {name: i for i, name in enumerate(ROI_NAMES)}
+    return column.map(lambda roi: rank.get(roi, len(rank)))
+
+
+def _comparison(results: RunResults) -> str:
+    frame, best = comparison_frame(results.table)
+    explanation = ("Mean test Pearson r over each ROI's vertices per backbone (bold: the "
+                   "highest); for tuned backbones the percentage of vertices with a higher r "
+                   "than the baseline and the paired Wilcoxon p over vertices.")
+    return f"<p class='note'>{explanation}</p>\n" + html_table(frame, best)
+
+
+def _overview(results: RunResults, manifest: dict) -> str:
+    table = results.table
+    facts = [("Subjects", ", ".join(results.subjects)),
+             ("Hemispheres", ", ".join(results.hemispheres)),
+             ("ROIs", ", ".join(results.rois)),
+             ("Backbones", ", ".join(results.methods))]
+    for column, label in (("protocol", "Protocol"), ("seed", "Seed"), ("refit", "Refit"),
+                          ("n_train", "Train images"), ("n_val", "Validation images"),
+                          ("n_test", "Test images")):
+        if column in table:
+            facts.append((label, ", ".join(str(v) for v in table[column].dropna().unique())))
+    if manifest.get("data_root"):
+        facts.append(("Data", str(manifest["data_root"])))
+    rows = "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in facts)
+    return f"<table class='meta'>{rows}</table>"
+
+
+def weights_used(results: RunResults, manifest: dict) -> pd.DataFrame:
+    """One row per backbone: the weights its encoding used, in words.
+
+    Tuned backbones are listed by their number of checkpoints in the run's ``models/`` folder
+    and the weights they were tuned from (``weights`` of the manifest).
+    """
+    from cortexcl.tuning.checkpoints import BACKBONE
+
+    rows = []
+    start = manifest.get("weights")
+    for method, labels in results.table.groupby("method", sort=False)["weights"]:
+        labels = [str(label) for label in labels.dropna().unique()]
+        tuned = [label for label in labels
+                 if Path(label).name == BACKBONE and "models" in Path(label).parts]
+        if tuned and len(tuned) == len(labels):
+            text = f"{len(tuned)} tuned checkpoints in models/"
+            if start:
+                text += f", tuned from weights: {start}"
+        else:
+            text = "; ".join(labels)
+        rows.append({"backbone": method, "weights": text})
+    frame = pd.DataFrame(rows, columns=["backbone", "weights"])
+    order = ordered(frame["backbone"], METHOD_ORDER)
+    return frame.set_index("backbone").loc[order].reset_index()
+
+
+def random_weights(results: RunResults, manifest: dict) -> bool:
+    """Whether the backbones started from random weights (``weights: none``)."""
+    labels = [str(w) for w in results.table.get("weights", pd.Series(dtype=str)).dropna()]
+    labels.append(str(manifest.get("weights", "")))
+    return any(label.strip().lower().startswith("none") for label in labels)
+
+
+def _weights_section(results: RunResults, manifest: dict) -> str:
+    parts = []
+    if random_weights(results, manifest):
+        parts.append("<div class='warning'><strong>Random initial weights.</strong> The "
+                     "backbones of this run start from a random initialisation (weights: "
+                     "none), not from ImageNet-pretrained AlexNet, so the results say nothing "
+                     "about the published setting; they only show that the pipeline works."
+                     "</div>")
+    if "weights" in results.table:
+        parts.append(html_table(weights_used(results, manifest)))
+    return "\n".join(parts)
+
+
+def _figure(figure: ReportFigure) -> str:
+    data = base64.b64encode(figure.path.read_bytes()).decode("ascii")
+    return (f"<figure id='{_e(figure.name)}'>\n<img alt='{_e(figure.title)}' "
+            f"src='data:image/png;base64,{data}'>\n<figcaption><strong>{_e(figure.title)}."
+            f"</strong> {_e(figure.caption)} <span class='note'>(figures/{figure.path.name})"
+            f"</span></figcaption>\n</figure>")
+
+
+def _keys_first(table: pd.DataFrame) -> pd.DataFrame:
+    first = [c for c in (*_KEY, "method") if c in table]
+    return table[first + [c for c in table.columns if c not in first]]
+
+
+def _details(summary: str, content: str, open_: bool = False) -> str:
+    return (f"<details{' open' if open_ else ''}><summary>{_e(summary)}</summary>\n{content}\n"
+            f"</details>")
+
+
+def _read_table(path: Path) -> pd.DataFrame | None:
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    try:
+        table = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return None
+    return None if table.empty else table
+
+
+def _config_name(config_text: str) -> str | None:
+    for line in config_text.splitlines():
+        if line.startswith("name:"):
+            return line.removeprefix("name:").strip().strip("'\"") or None
+    return None
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
