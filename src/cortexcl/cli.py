@@ -110,15 +110,27 @@ def run(
 
 
 @app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    subject: Annotated[str | None, typer.Option(
+        help="Subject of the layer matrix, curves and maps; default: the first.")] = None,
+    surfaces: Annotated[bool, typer.Option(help="Draw cortical surface maps.")] = True,
+) -> None:
+    """Write the figures and report.html of a run."""
+    from cortexcl.report import build_report
+
+    stdout.print(f"report: {build_report(run_dir, subject=subject, surfaces=surfaces)}")
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory.")] = DEMO_OUT,
-    n_images: Annotated[int, typer.Option(help="Training images of the simulated subject.")] = 1000,
 ) -> None:
-    """Simulate a small subject (cached) and encode its early ROIs with an untuned AlexNet."""
+    """Run the demo study: untuned vs CL vs RT on early ROIs of a simulated subject."""
     from cortexcl.workflows import run_demo
 
-    table = run_demo(out, n_images=n_images, announce=_announce)
-    print_summary(table, f"Demo: untuned AlexNet, simulated subject ({out}/tables/encoding.csv)")
+    _, report = run_demo(out, announce=_announce)
+    _finish_study(out, report)
 
 
 def print_summary(table: pd.DataFrame, title: str) -> None:

@@ -37,7 +37,7 @@ class DataConfig(_Strict):
     root: Path | None = None
     simulate: SimulationConfig = SimulationConfig()
     subjects: list[int] = Field(default_factory=lambda: [1], min_length=1)
-    image_size: int = Field(224, ge=32, description="network input size")
+    image_size: int = Field(224, ge=64, description="network input size (AlexNet needs ≥ 64)")
 
 
 class SelectionConfig(_Strict):

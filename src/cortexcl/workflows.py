@@ -1,21 +1,22 @@
-"""End-to-end workflows behind the command line: encode a subject into a run, and the demo."""
+"""Workflows behind the command line: encode one subject into a run, and the demo study."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from importlib import resources
 from pathlib import Path
 
 import pandas as pd
 
-from cortexcl.data.algonauts import load_subject, subject_name
-from cortexcl.data.images import default_cache_dir
+from cortexcl.config import load_config
+from cortexcl.data.algonauts import load_subject
 from cortexcl.data.rois import HEMISPHERES
 from cortexcl.encoding.pipeline import TABLE_KEY, encode_subject
 from cortexcl.models.backbones import describe_weights
+from cortexcl.study.executors import ExecutionReport
+from cortexcl.study.jobs import Job
+from cortexcl.study.runner import run_study
 from cortexcl.study.store import RunDirectory
-
-DEMO_SUBJECT = 1
-DEMO_SEED = 0
 
 
 def encode(
@@ -81,27 +82,18 @@ def encode(
         return encoded
 
 
-def demo_data(n_images: int = 1000, progress: bool = True) -> Path:
-    """Return the data root of the demo's simulated subject, simulating it on first use."""
-    from cortexcl.data.simulate import simulate_subject
+def run_demo(out: str | Path = "cortexcl-demo", progress: bool = True,
+             announce: Callable[[str], None] = print) -> tuple[list[Job], ExecutionReport | None]:
+    """Run the demo study (``configs/demo.yaml``) on a simulated subject.
 
-    root = default_cache_dir() / "demo" / f"sim-n{n_images}-seed{DEMO_SEED}"
-    if not (root / subject_name(DEMO_SUBJECT)).is_dir():
-        simulate_subject(root, subject=DEMO_SUBJECT, n_images=n_images, seed=DEMO_SEED,
-                         progress=progress)
-    return root
-
-
-def run_demo(out: str | Path = "cortexcl-demo", n_images: int = 1000, progress: bool = True,
-             announce: Callable[[str], None] = print) -> pd.DataFrame:
-    """Encode the early ROIs of a simulated subject with an untuned, randomly initialised AlexNet.
-
-    The simulated subject is cached (see `demo_data`), so a second demo starts at once.
+    The simulated subject is written once into the cache (``$CORTEXCL_CACHE``), so a second
+    demo starts at once; finished jobs are skipped.
     """
-    root = demo_data(n_images, progress=progress)
-    announce(f"demo data: simulated subject in {root}")
-    return encode(root, out, subject=DEMO_SUBJECT, rois="early", weights="none",
-                  seed=DEMO_SEED, progress=progress, announce=announce)
+    config = load_config(Path(str(resources.files("cortexcl.study") / "demo.yaml")))
+    announce(f"demo: {', '.join(config.methods)} on {', '.join(config.selection.rois)} "
+             f"({', '.join(config.selection.hemispheres)}) of a simulated subject; "
+             "settings in configs/demo.yaml")
+    return run_study(config, out, progress=progress, announce=announce)
 
 
 def _as_list(value: str | Sequence[str]) -> list[str]:

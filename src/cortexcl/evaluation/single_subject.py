@@ -121,13 +121,21 @@ def write_tables(run: RunDirectory, config: StudyConfig | None = None) -> pd.Dat
 
 
 def comparison_table(table: pd.DataFrame) -> pd.DataFrame:
-    """A wide per-ROI view for the terminal: mean test r per method and CL's gains."""
-    wide = table.pivot_table(index=ENTRY, columns="method", values="mean_r").reset_index()
+    """A compact per-ROI view for the terminal: mean test r per method and CL's gains.
+
+    Columns: one per method (mean test r), then ``CL>untuned %`` / ``p`` and ``CL>RT %`` /
+    ``p`` (percentage of vertices where CL beats the baseline, paired Wilcoxon p over
+    vertices) when those methods are present.
+    """
+    keys = ["hemisphere", "roi"] if table["subject"].nunique() == 1 else ENTRY
+    wide = table.pivot_table(index=keys, columns="method", values="mean_r").reset_index()
     wide.columns.name = None
-    cl = table[table["method"] == "cl"].set_index(ENTRY)
-    for column in ("pct_improved_vs_untuned", "p_vs_untuned", "pct_improved_vs_rt", "p_vs_rt"):
-        if column in cl:
-            wide[f"cl_{column}"] = wide.set_index(ENTRY).index.map(cl[column]).to_numpy()
+    cl = table[table["method"] == "cl"].set_index(keys)
+    index = wide.set_index(keys).index
+    for baseline, label in (("untuned", "untuned"), ("rt", "RT")):
+        if f"pct_improved_vs_{baseline}" in cl and cl[f"p_vs_{baseline}"].notna().any():
+            wide[f"CL>{label} %"] = index.map(cl[f"pct_improved_vs_{baseline}"]).to_numpy()
+            wide[f"p ({label})"] = index.map(cl[f"p_vs_{baseline}"]).to_numpy()
     return wide
 
 

@@ -27,6 +27,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import MaxNLocator
 
 from cortexcl.atomic import atomic_write_bytes
 from cortexcl.data.rois import HEMISPHERES, ROI_NAMES, WHOLE_HEMISPHERE
@@ -179,14 +180,22 @@ def _timed(draw: Callable[[], ReportFigure | None]) -> ReportFigure | None:
                         time.perf_counter() - start)
 
 
+def roi_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean, SD (ddof 1) and number of subjects of the per-subject mean r.
+
+    Indexed by hemisphere, ROI and method; SD is NaN for a single subject.
+    """
+    return table.groupby(["hemisphere", "roi", "method"])["mean_r"].agg(
+        mean="mean", sd="std", n_subjects="count")
+
+
 def roi_bars(results: RunResults, out_dir: Path) -> ReportFigure:
     """Grouped bars of the mean test r per ROI (x) and backbone, one panel per hemisphere.
 
     Bars are means over subjects of each subject's mean r over the ROI's vertices; error bars
     are the SD across subjects when the run has two subjects or more.
     """
-    stats = results.table.groupby(["hemisphere", "roi", "method"])["mean_r"].agg(
-        ["mean", "std", "count"])
+    stats = roi_summary(results.table)
     methods, rois = results.methods, results.rois
     with_sd = len(results.subjects) >= 2
     width = 0.8 / len(methods)
@@ -198,7 +207,7 @@ def roi_bars(results: RunResults, out_dir: Path) -> ReportFigure:
             keys = [(hemisphere, roi, method) for roi in rois]
             present = [i for i, key in enumerate(keys) if key in stats.index]
             rows = stats.loc[[keys[i] for i in present]]
-            errors = rows["std"].fillna(0.0).to_numpy() if with_sd else None
+            errors = rows["sd"].fillna(0.0).to_numpy() if with_sd else None
             ax.bar(np.array(present) + (k - (len(methods) - 1) / 2) * width, rows["mean"],
                    width, yerr=errors, capsize=2, color=method_color(method), label=method,
                    error_kw={"elinewidth": 0.8})
@@ -381,12 +390,13 @@ def training_curves(results: RunResults, out_dir: Path, subject: str) -> ReportF
         for col, hemisphere in enumerate(hemispheres):
             ax = axes[row, col]
             for roi, log in logs.get((method, hemisphere), []):
-                ax.plot(log["epoch"], log["train_loss"], color=colors[roi], linewidth=1.2)
+                style = {"color": colors[roi], "linewidth": 1.2, "marker": "o", "markersize": 3}
+                ax.plot(log["epoch"], log["train_loss"], **style)
                 if "val_loss" in log and log["val_loss"].notna().any():
-                    ax.plot(log["epoch"], log["val_loss"], color=colors[roi], linewidth=1.2,
-                            linestyle="--")
+                    ax.plot(log["epoch"], log["val_loss"], linestyle="--", **style)
                 shown.add(roi)
             ax.set_title(f"{method}, {hemisphere}", fontsize=10)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("epoch")
             ax.set_ylabel("loss")
             ax.grid(alpha=0.3)
@@ -399,7 +409,10 @@ def training_curves(results: RunResults, out_dir: Path, subject: str) -> ReportF
     caption = (f"Loss per epoch while tuning each backbone on the ROI's responses (subject-"
                f"specific backbones of {subject}, and pooled backbones): training images "
                f"(solid) and validation images (dashed), which never update the model. A "
-               f"validation loss rising while the training loss falls signals overfitting.")
+               f"validation loss rising while the training loss falls signals overfitting. "
+               f"A contrastive (InfoNCE) loss grows with the batch size (chance level is the "
+               f"log of the batch size), so compare its trends, not its levels, between "
+               f"training and validation batches of different sizes.")
     return ReportFigure("training_curves", path, "Tuning curves", caption)
 
 

@@ -28,6 +28,7 @@ from cortexcl.evaluation.single_subject import write_tables
 from cortexcl.models import TUNING_METHODS
 from cortexcl.models.backbones import load_alexnet, resolve_device
 from cortexcl.models.heads import check_roi_size
+from cortexcl.report import build_report
 from cortexcl.study.executors import EXECUTORS, ExecutionReport
 from cortexcl.study.jobs import Job, plan_jobs
 from cortexcl.study.store import RunDirectory
@@ -113,6 +114,8 @@ def run_study(config: StudyConfig, out: str | Path, *, dry_run: bool = False,
                 announce(f"{event:>8}  {job.key}")
 
         report = executor.run(jobs, lambda job: run_job(job, context), run.root, on_event)
+        if run.path("tables", "encoding.csv").is_file():
+            build_report(run.root)
         return jobs, report
 
 

@@ -101,7 +101,7 @@ def train(model: nn.Module, datasets: Sequence[TrainingSet], settings: TrainSett
         model.backbone.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
                                  lr=settings.lr, betas=settings.betas, eps=settings.eps,
-                                 weight_decay=settings.weight_decay)
+                                 weight_decay=settings.weight_decay, fused=True)
     log = _resume(model, optimizer, out_dir / CHECKPOINT, device)
     sources = [_DeviceImages(data, device) for data in datasets]
     n_train = sum(len(data.train) for data in datasets)
