@@ -27,10 +27,12 @@ How it computes (exact, and equal to scikit-learn's ``PCA(svd_solver="full")`` f
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -360,6 +362,51 @@ class _Fit:
     other: np.ndarray
 
 
+@dataclass
+class _LayerEntry:
+    features: weakref.ref
+    selection: list[_Basis]
+    centring: _Centring
+    final: dict[str, _Basis] = field(default_factory=dict)
+
+
+class PCACache:
+    """PCA decompositions shared by encoding models fit on the same features and split.
+
+    The PCA of a layer depends on the features and the split, not on the responses, so every
+    ROI (and hemisphere) of a subject can reuse it: pass one cache to each `EncodingModel`
+    and only the first fit computes each layer's decompositions; later fits only solve the
+    ridge regressions. Results are identical with and without a cache. An entry is used only
+    for the very array object it was computed from (held by weak reference), with the same
+    split, ``n_components`` and ``standardize``.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple, _LayerEntry] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        """Drop every entry (frees the memory of the decompositions)."""
+        self._entries.clear()
+
+    def _get(self, key: tuple, array: np.ndarray) -> _LayerEntry | None:
+        entry = self._entries.get(key)
+        return entry if entry is not None and entry.features() is array else None
+
+    def _put(self, key: tuple, entry: _LayerEntry) -> None:
+        self._entries[key] = entry
+
+
+def _split_key(split: Split) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for part in (split.train, split.val, split.test, *(i for f in split.folds for i in f)):
+        digest.update(np.int64(part.size).tobytes())
+        digest.update(np.ascontiguousarray(part, dtype=np.int64).tobytes())
+    return digest.hexdigest()
+
+
 class EncodingModel:
     """PCA + ridge encoding model with per-voxel α and per-ROI layer selection.
 
@@ -379,6 +426,9 @@ class EncodingModel:
         Show a progress bar over layers.
     device : str, optional
         Where the linear algebra runs; default the GPU when present.
+    cache : PCACache, optional
+        Share PCA decompositions with other models fit on the same features and split (e.g.
+        one per ROI); see `PCACache`.
 
     Attributes
     ----------
@@ -407,6 +457,7 @@ class EncodingModel:
         standardize: bool = False,
         progress: bool = True,
         device: str | None = None,
+        cache: PCACache | None = None,
     ) -> None:
         self.n_components = n_components
         self.alphas = alphas
@@ -414,6 +465,7 @@ class EncodingModel:
         self.standardize = standardize
         self.progress = progress
         self.device = device
+        self.cache = cache
 
     # -- validation ---------------------------------------------------------------------
 
@@ -490,33 +542,49 @@ class EncodingModel:
             fits = [_Fit(position[tr], position[va]) for tr, va in split.folds]
         y_loaded = self._responses(responses, loaded, device)
 
+        split_key = _split_key(split)
         rows, scores, kept = [], [], None
         bar = tqdm(layers, desc="encoding layers", unit="layer", disable=not self.progress)
         for layer in bar:
             bar.set_postfix_str(layer)
-            x, gram, centring = self._layer_matrix(features[layer], loaded, split.train.size,
-                                                   layer, device)
-            r_alpha, k = self._selection_scores(x, gram, fits, y_loaded, alphas)
+            array = features[layer]
+            key = (layer, split_key, self.n_components, self.standardize, str(device))
+            entry = self.cache._get(key, array) if self.cache is not None else None
+            matrix = None
+            if entry is None:
+                matrix, gram, centring = self._layer_matrix(array, loaded, split.train.size,
+                                                            layer, device)
+                bases = [self._basis(matrix, gram, part.fit, part.other) for part in fits]
+                entry = _LayerEntry(weakref.ref(array), bases, centring)
+                if self.cache is not None:
+                    self.cache._put(key, entry)
+                if not gram:
+                    matrix = None  # only a Gram matrix helps the final fit
+            r_alpha = self._selection_scores(entry.selection, fits, y_loaded, alphas)
             r_alpha = r_alpha.cpu().numpy()
             best = np.argmax(r_alpha, axis=0)  # first maximum: the smaller α on a tie
             r_star = r_alpha[best, np.arange(r_alpha.shape[1])]
             score = float(r_star.mean())
             rows.append({"layer": layer, "mean_val_r": score,
-                         "median_val_r": float(np.median(r_star)), "n_components": k})
+                         "median_val_r": float(np.median(r_star)),
+                         "n_components": entry.selection[0].n_components})
             if not scores or score > max(scores):
-                kept = (layer, centring, x if gram else None, best, r_star)
+                kept = (layer, entry, matrix, best, r_star)
             scores.append(score)
-            del x
+            del matrix, entry
         bar.close()
 
-        layer, centring, gram_matrix, best, r_star = kept
+        layer, entry, gram_matrix, best, r_star = kept
         self.best_layer_ = layer
         self.alphas_ = alphas[best]
         self.val_r_ = r_star
         self.layer_scores_ = pd.DataFrame(rows)
         self.layer_scores_["selected"] = self.layer_scores_["layer"] == layer
-        self._final_fit(features[layer], responses, split, loaded, position, centring,
-                        gram_matrix, y_loaded, device)
+        if self.refit not in entry.final:
+            entry.final[self.refit] = self._final_basis(
+                features[layer], split, loaded, position, entry.centring, gram_matrix, device)
+        fit = position[self._final_fit_rows(split, loaded)]
+        self._score_test(entry.final[self.refit], responses, split, fit, y_loaded, device)
         return self
 
     def _responses(self, responses: np.ndarray, rows: np.ndarray,
@@ -552,47 +620,55 @@ class EncodingModel:
         return _covariance_basis(x.index_select(0, fit_t), x.index_select(0, other_t),
                                  self.n_components)
 
-    def _selection_scores(self, x: torch.Tensor, gram: bool, fits: list[_Fit],
-                          y: torch.Tensor, alphas: np.ndarray) -> tuple[torch.Tensor, int]:
-        """Evaluation r per (α, voxel), averaged over the fits, and the components used."""
+    def _selection_scores(self, bases: list[_Basis], fits: list[_Fit], y: torch.Tensor,
+                          alphas: np.ndarray) -> torch.Tensor:
+        """Evaluation r per (α, voxel), averaged over the fits."""
         total = torch.zeros(alphas.size, y.shape[1], dtype=torch.float64, device=y.device)
-        n_components = 0
-        for part in fits:
-            basis = self._basis(x, gram, part.fit, part.other)
-            n_components = basis.n_components
+        for basis, part in zip(bases, fits, strict=True):
             shared, _ = _ridge_coefficients(basis, _take_rows(y, part.fit))
             target = _standardized_columns(_take_rows(y, part.other))
             for i, alpha in enumerate(alphas):
                 total[i] += _correlations(target, _ridge_predict(basis, shared, float(alpha)))
-            del basis, shared, target
-        return total / len(fits), n_components
+            del shared, target
+        return total / len(fits)
 
-    def _final_fit(self, array: np.ndarray, responses: np.ndarray, split: Split,
-                   loaded: np.ndarray, position: np.ndarray, centring: _Centring,
-                   gram_matrix: torch.Tensor | None, y_loaded: torch.Tensor,
-                   device: torch.device) -> None:
-        """Fit at the chosen layer and α (train ∪ val, or train) and score the test rows."""
-        fit_rows = split.train if self.refit == "train" else loaded
-        fit = position[fit_rows]
-        fit_t = torch.from_numpy(fit).to(device)
-        width = _column_width(fit.size + split.test.size)
+    def _final_fit_rows(self, split: Split, loaded: np.ndarray) -> np.ndarray:
+        return split.train if self.refit == "train" else loaded
+
+    def _final_basis(self, array: np.ndarray, split: Split, loaded: np.ndarray,
+                     position: np.ndarray, centring: _Centring,
+                     gram_matrix: torch.Tensor | None, device: torch.device) -> _Basis:
+        """PCA of the final fit (train ∪ val, or train), with the test rows projected.
+
+        Test rows are read here for the first time.
+        """
+        fit_rows = self._final_fit_rows(split, loaded)
+        fit_t = torch.from_numpy(position[fit_rows]).to(device)
+        if gram_matrix is None and array.shape[1] > loaded.size:
+            gram_matrix, _, _ = self._layer_matrix(array, loaded, split.train.size,
+                                                   self.best_layer_, device)
+        width = _column_width(fit_rows.size + split.test.size)
         pairs = zip(iter_columns(array, fit_rows, width), iter_columns(array, split.test, width),
                     strict=True)
         if gram_matrix is not None:
-            k_test = torch.zeros(split.test.size, fit.size, dtype=torch.float32, device=device)
+            k_test = torch.zeros(split.test.size, fit_rows.size, dtype=torch.float32,
+                                 device=device)
             for (columns, block_fit), (_, block_test) in pairs:
                 x_fit = centring.apply(block_fit, columns, self.best_layer_).to(device)
                 x_test = centring.apply(block_test, columns, self.best_layer_).to(device)
                 k_test.addmm_(x_test, x_fit.T)
-            basis = _gram_basis(gram_matrix.index_select(0, fit_t).index_select(1, fit_t),
-                                k_test, self.n_components)
-        else:
-            fit_parts, test_parts = [], []
-            for (columns, block_fit), (_, block_test) in pairs:
-                fit_parts.append(centring.apply(block_fit, columns, self.best_layer_))
-                test_parts.append(centring.apply(block_test, columns, self.best_layer_))
-            basis = _covariance_basis(torch.cat(fit_parts, 1).to(device),
-                                      torch.cat(test_parts, 1).to(device), self.n_components)
+            return _gram_basis(gram_matrix.index_select(0, fit_t).index_select(1, fit_t),
+                               k_test, self.n_components)
+        fit_parts, test_parts = [], []
+        for (columns, block_fit), (_, block_test) in pairs:
+            fit_parts.append(centring.apply(block_fit, columns, self.best_layer_))
+            test_parts.append(centring.apply(block_test, columns, self.best_layer_))
+        return _covariance_basis(torch.cat(fit_parts, 1).to(device),
+                                 torch.cat(test_parts, 1).to(device), self.n_components)
+
+    def _score_test(self, basis: _Basis, responses: np.ndarray, split: Split, fit: np.ndarray,
+                    y_loaded: torch.Tensor, device: torch.device) -> None:
+        """Ridge with each voxel's α on the final fit rows; predictions and r on test."""
         shared, mean = _ridge_coefficients(basis, _take_rows(y_loaded, fit))
         alpha = torch.from_numpy(self.alphas_).to(device=device, dtype=shared.dtype)
         centred = _ridge_predict(basis, shared, alpha)
