@@ -90,11 +90,3 @@ def test_manifest_records_versions_seeds_and_data(tmp_path):
     assert {"python", "torch", "numpy", "himalaya"} <= set(manifest["versions"])
     assert manifest["hardware"]["cpu_count"] >= 1
 
-
-def test_public_api_resolves():
-    import cortexcl
-
-    for name in cortexcl.__all__:
-        assert getattr(cortexcl, name) is not None
-    with pytest.raises(AttributeError):
-        _ = cortexcl.no_such_name
