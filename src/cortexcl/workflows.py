@@ -56,8 +56,8 @@ def encode(
         data = load_subject(data_root, subject, image_size=image_size, cache_dir=cache_dir,
                             progress=progress)
         if str(weights) == "none":
-            announce(f"weights: {describe_weights(weights)} — an untrained network, for tests "
-                     "and offline demos; recorded in every output")
+            announce(f"weights: {describe_weights(weights, seed=seed)} — an untrained network, "
+                     "for tests and offline demos; recorded in every output")
         settings = {
             "data": {"root": str(data_root), "subject": data.name, "image_size": image_size},
             "backbone": {"method": method, "weights": str(weights)},

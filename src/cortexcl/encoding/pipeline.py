@@ -16,7 +16,7 @@ from cortexcl.data.algonauts import Subject
 from cortexcl.data.rois import HEMISPHERES, WHOLE_HEMISPHERE, expand_rois
 from cortexcl.data.splits import Split, make_splits
 from cortexcl.encoding.features import extract_features
-from cortexcl.encoding.model import ALPHAS, EncodingModel
+from cortexcl.encoding.model import ALPHAS, EncodingModel, PCACache
 from cortexcl.errors import InputError
 from cortexcl.metrics import nc_normalized_score, summarize_r
 from cortexcl.models.backbones import describe_weights, load_alexnet
@@ -69,9 +69,10 @@ def encode_subject(
     """Fit encoding models for every requested ROI of one subject with one backbone.
 
     Features of every candidate layer are extracted once for all images (streamed to float16
-    files in the run directory, removed afterwards) and shared by all hemispheres and ROIs.
-    Each ROI gets its own PCA + ridge model, α per vertex and layer per ROI chosen on the
-    validation part, and per-vertex test r (see `EncodingModel`).
+    files in the run directory, removed afterwards) and shared by all hemispheres and ROIs, and
+    so is each layer's PCA (it depends on the features and the split only). Each ROI gets its
+    own ridge models, α per vertex and layer per ROI chosen on the validation part, and
+    per-vertex test r (see `EncodingModel`).
 
     Parameters
     ----------
@@ -114,7 +115,7 @@ def encode_subject(
     roi_names = expand_rois(rois)
     split = record_split(run, subject, seed, protocol)
     backbone = load_alexnet(weights, seed=seed)
-    weights_label = describe_weights(weights)
+    weights_label = describe_weights(weights, seed=seed)
     context = {"weights": weights_label, "protocol": protocol, "seed": seed, "refit": refit,
                "n_train": len(split.train), "n_val": len(split.val), "n_test": len(split.test),
                "data_hash": subject.data_hash()}
@@ -122,6 +123,7 @@ def encode_subject(
     with tempfile.TemporaryDirectory(dir=run.root, prefix=".features-") as feature_dir:
         features = extract_features(backbone, subject.images, batch_size=batch_size,
                                     device=device, out_dir=feature_dir, progress=progress)
+        pca_cache = PCACache()
         for hemisphere in hemispheres:
             responses = subject.responses(hemisphere)
             ceiling = subject.noise_ceiling(hemisphere, split.test)
@@ -134,7 +136,7 @@ def encode_subject(
                                      "reason": f"fewer than {min_vertices} vertices"})
                     continue
                 model = EncodingModel(n_components=n_components, alphas=alphas, refit=refit,
-                                      progress=progress)
+                                      progress=progress, cache=pca_cache)
                 model.fit(features, responses[:, columns], split)
                 nc = None if ceiling is None else ceiling[columns]
                 rows.append(_write_result(run, subject, hemisphere, roi, method, model, nc,
