@@ -87,6 +87,6 @@ def test_manifest_records_versions_seeds_and_data(tmp_path):
     manifest = json.loads(run.write_manifest({"split": 3}, {"subj01": "abc"}).read_text())
     assert manifest["seeds"] == {"split": 3}
     assert manifest["datasets"] == {"subj01": "abc"}
-    assert {"python", "torch", "numpy", "himalaya"} <= set(manifest["versions"])
+    assert {"python", "torch", "numpy", "scikit-learn"} <= set(manifest["versions"])
     assert manifest["hardware"]["cpu_count"] >= 1
 

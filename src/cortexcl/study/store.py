@@ -31,7 +31,7 @@ import yaml
 from cortexcl.atomic import atomic_write_json, atomic_write_text
 from cortexcl.errors import InputError
 
-_PACKAGES = ("cortexcl", "torch", "torchvision", "numpy", "scipy", "scikit-learn", "himalaya",
+_PACKAGES = ("cortexcl", "torch", "torchvision", "numpy", "scipy", "scikit-learn",
              "pandas", "pillow")
 
 
