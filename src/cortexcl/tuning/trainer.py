@@ -107,26 +107,29 @@ def train(model: nn.Module, datasets: Sequence[TrainingSet], settings: TrainSett
     n_train = sum(len(data.train) for data in datasets)
     bar = tqdm(total=settings.epochs * n_train, initial=len(log) * n_train, unit="img",
                desc="tuning", disable=not progress, dynamic_ncols=True)
-    for epoch in range(len(log), settings.epochs):
-        started = time.perf_counter()
-        generator = _epoch_generator(settings.seed, epoch)
-        model.train()
-        total, count = 0.0, 0
-        for data, source, batch in _train_batches(datasets, sources, settings, generator):
-            loss = _batch_loss(model, data, source, batch, device)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(batch)
-            count += len(batch)
-            bar.update(len(batch))
-            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
-        seconds = time.perf_counter() - started
-        log.append({"epoch": epoch + 1, "train_loss": total / max(count, 1),
-                    "val_loss": evaluate_loss(model, datasets, sources, settings.batch_size,
-                                              device),
-                    "seconds": seconds, "images_per_s": count / seconds})
-        _save_checkpoint(model, optimizer, log, out_dir, settings)
+    # Dropout draws from the global RNG, seeded per epoch; the caller's state is restored.
+    rng_devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=rng_devices):
+        for epoch in range(len(log), settings.epochs):
+            started = time.perf_counter()
+            generator = _epoch_generator(settings.seed, epoch)
+            model.train()
+            total, count = 0.0, 0
+            for data, source, batch in _train_batches(datasets, sources, settings, generator):
+                loss = _batch_loss(model, data, source, batch, device)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += loss.item() * len(batch)
+                count += len(batch)
+                bar.update(len(batch))
+                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+            seconds = time.perf_counter() - started
+            log.append({"epoch": epoch + 1, "train_loss": total / max(count, 1),
+                        "val_loss": evaluate_loss(model, datasets, sources, settings.batch_size,
+                                                  device),
+                        "seconds": seconds, "images_per_s": count / seconds})
+            _save_checkpoint(model, optimizer, log, out_dir, settings)
     bar.close()
     return pd.DataFrame(log)
 
