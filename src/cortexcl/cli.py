@@ -20,7 +20,7 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console(stderr=True)
-stdout = Console()
+stdout = Console(width=None if sys.stdout.isatty() else 120)  # logs keep whole tables
 
 DEMO_OUT = Path("cortexcl-demo")
 Device = Annotated[str | None, typer.Option(help="cpu or cuda; default: cuda if present.")]
@@ -149,7 +149,10 @@ def print_summary(table: pd.DataFrame, title: str) -> None:
 
 def _format(value: object) -> str:
     if isinstance(value, float):
-        return "" if value != value else (f"{value:.2g}" if abs(value) < 1e-3 else f"{value:.3f}")
+        if value != value:
+            return ""
+        return f"{value:.2g}" if abs(value) < 1e-3 else f"{value:.3f}" if abs(value) < 10 \
+            else f"{value:.1f}"
     return str(value)
 
 
