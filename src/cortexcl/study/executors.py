@@ -49,6 +49,7 @@ class SerialExecutor:
                 _notify(on_event, "skipped", job)
                 continue
             job.reset(root)
+            job.mark_started(root)
             _notify(on_event, "start", job)
             try:
                 run_job(job)

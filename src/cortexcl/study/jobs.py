@@ -2,21 +2,29 @@
 
 Each job is a pure function of the configuration and its inputs: it writes only inside its own
 output folder, and a ``done.json`` holding the hash of the settings it depends on marks it
-complete. A job whose record matches is skipped, so a killed study resumes where it stopped.
+complete. A job whose record matches is skipped, so a killed study resumes where it stopped;
+``started.json`` records the settings of a job under way, so that an interrupted job resumes
+(from its checkpoint) only with the same settings and starts afresh with others.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
 
 from cortexcl.atomic import atomic_write_json
 from cortexcl.config import StudyConfig
 from cortexcl.data.algonauts import subject_name
 
 DONE = "done.json"
+STARTED = "started.json"
 TUNED_METHODS = ("cl", "rt")
 POOLED_METHODS = ("pooled-avg", "pooled-const")
 
@@ -62,26 +70,45 @@ class Job:
 
     def is_done(self, root: Path) -> bool:
         """Whether a completion record with the current settings exists."""
-        import json
-
-        record = self.output_dir(root) / DONE
-        if not record.is_file():
-            return False
-        try:
-            return json.loads(record.read_text()).get("settings") == self.settings
-        except ValueError:
-            return False
+        return _recorded_settings(self.output_dir(root) / DONE) == self.settings
 
     def mark_done(self, root: Path) -> None:
         """Write the completion record (the last file a job writes)."""
         atomic_write_json(self.output_dir(root) / DONE, {"job": self.key,
                                                          "settings": self.settings})
 
+    def mark_started(self, root: Path) -> None:
+        """Record the settings of a run that begins; an interrupted run resumes only with them."""
+        atomic_write_json(self.output_dir(root) / STARTED, {"job": self.key,
+                                                            "settings": self.settings})
+
     def reset(self, root: Path) -> None:
-        """Remove the outputs of an earlier run of this job with other settings."""
+        """Remove the outputs of an earlier run of this job with other settings.
+
+        Finished or not: a checkpoint left by an interrupted run with other settings must not
+        be resumed.
+        """
         out = self.output_dir(root)
-        if (out / DONE).is_file() and not self.is_done(root):
+        recorded = (_recorded_settings(out / name) for name in (DONE, STARTED))
+        if any(settings not in (None, self.settings) for settings in recorded):
             shutil.rmtree(out)
+
+
+def _recorded_settings(record: Path) -> str | None:
+    """The settings hash of a job record; None when there is none, "" when it is unreadable."""
+    if not record.is_file():
+        return None
+    try:
+        return str(json.loads(record.read_text()).get("settings", ""))
+    except (ValueError, AttributeError):
+        return ""
+
+
+def _digest(*parts: Any) -> str:
+    """Short hash of configuration parts (pydantic sections or plain JSON values)."""
+    data = [part.model_dump(mode="json") if isinstance(part, BaseModel) else part
+            for part in parts]
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def plan_jobs(config: StudyConfig, roi_sizes: Callable[[str, str, str], int]) -> list[Job]:
@@ -106,13 +133,15 @@ def plan_jobs(config: StudyConfig, roi_sizes: Callable[[str, str, str], int]) ->
     minimum = config.selection.min_vertices
     common = config.digest("data", "seed", "weights")
     encoding = config.digest("data", "seed", "weights", "selection", "encoding")
+    evaluation = config.digest("evaluation")  # the MI bound, computed by contrastive encodes
     jobs: list[Job] = []
     encodes: list[Job] = []
     if "untuned" in config.methods:
         for subject in subjects:
             encodes.append(Job("encode", "untuned", subject, settings=encoding))
     for method in (m for m in config.methods if m in TUNED_METHODS):
-        tuning = config.digest("data", "seed", "weights", "tuning")
+        tuning = _digest(getattr(config.tuning, method))
+        scored = f"{encoding}-{tuning}" + (f"-{evaluation}" if method == "cl" else "")
         for subject in subjects:
             for hemisphere in hemispheres:
                 for roi in rois:
@@ -122,9 +151,11 @@ def plan_jobs(config: StudyConfig, roi_sizes: Callable[[str, str, str], int]) ->
                                settings=f"{common}-{tuning}")
                     jobs.append(tune)
                     encodes.append(Job("encode", method, subject, hemisphere, roi,
-                                       depends_on=(tune.key,), settings=f"{encoding}-{tuning}"))
+                                       depends_on=(tune.key,), settings=scored))
     for method in (m for m in config.methods if m in POOLED_METHODS):
-        tuning = config.digest("data", "seed", "weights", "tuning")
+        # The members depend on min_vertices; the "const" hidden size on every selected ROI.
+        selection = config.selection if method == "pooled-const" else minimum
+        tuning = _digest(config.tuning.pooled, selection)
         for hemisphere in hemispheres:
             for roi in rois:
                 members = [s for s in subjects if roi_sizes(s, hemisphere, roi) >= minimum]
@@ -134,7 +165,8 @@ def plan_jobs(config: StudyConfig, roi_sizes: Callable[[str, str, str], int]) ->
                            settings=f"{common}-{tuning}")
                 jobs.append(tune)
                 encodes.extend(Job("encode", method, subject, hemisphere, roi,
-                                   depends_on=(tune.key,), settings=f"{encoding}-{tuning}")
+                                   depends_on=(tune.key,),
+                                   settings=f"{encoding}-{tuning}-{evaluation}")
                                for subject in members)
     jobs.extend(encodes)
     jobs.append(Job("aggregate", "all", "all", depends_on=tuple(job.key for job in encodes),

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
 from torchvision.models import alexnet
@@ -62,7 +63,7 @@ def load_backbone(path: str | Path) -> nn.Module:
     model = alexnet(weights=None)
     try:
         model.load_state_dict(load_file(file))
-    except (RuntimeError, OSError, ValueError) as error:
+    except (RuntimeError, OSError, ValueError, SafetensorError) as error:
         first_line = str(error).strip().splitlines()[0]
         raise InputError(f"{file}: not an AlexNet state ({first_line})") from None
     return model.eval()

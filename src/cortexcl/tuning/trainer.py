@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from cortexcl.atomic import atomic_write_bytes, atomic_write_text
 from cortexcl.data.images import ImageStore, normalize
+from cortexcl.errors import InputError
 from cortexcl.models.backbones import resolve_device
 
 CHECKPOINT = "checkpoint.pt"
@@ -102,7 +103,7 @@ def train(model: nn.Module, datasets: Sequence[TrainingSet], settings: TrainSett
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
                                  lr=settings.lr, betas=settings.betas, eps=settings.eps,
                                  weight_decay=settings.weight_decay, fused=True)
-    log = _resume(model, optimizer, out_dir / CHECKPOINT, device)
+    log = _resume(model, optimizer, out_dir / CHECKPOINT, device, settings)
     sources = [_DeviceImages(data, device) for data in datasets]
     n_train = sum(len(data.train) for data in datasets)
     bar = tqdm(total=settings.epochs * n_train, initial=len(log) * n_train, unit="img",
@@ -210,10 +211,19 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 def _resume(model: nn.Module, optimizer: torch.optim.Optimizer, path: Path,
-            device: torch.device) -> list[dict]:
+            device: torch.device, settings: TrainSettings) -> list[dict]:
+    """Load the checkpoint, if any; it must come from the same settings (epochs may grow)."""
     if not path.exists():
         return []
     state = torch.load(path, map_location=device, weights_only=True)
+    saved, wanted = state["settings"], asdict(settings)
+    changed = [f"{key} {saved.get(key)!r} -> {value!r}" for key, value in wanted.items()
+               if key != "epochs" and saved.get(key) != value]
+    if len(state["log"]) > settings.epochs:
+        changed.append(f"epochs {len(state['log'])} done -> {settings.epochs}")
+    if changed:
+        raise InputError(f"{path}: checkpoint of other settings ({'; '.join(changed)}); "
+                         "remove it or train in another folder")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     return [dict(row) for row in state["log"]]

@@ -1,0 +1,372 @@
+"""Tests of studies: the job plan, a whole tiny study, reruns, failures, and kill-and-resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from cortexcl.config import StudyConfig, parse_config
+from cortexcl.data.algonauts import load_subject
+from cortexcl.models.backbones import load_alexnet
+from cortexcl.study import runner
+from cortexcl.study.executors import SerialExecutor
+from cortexcl.study.jobs import DONE, Job, plan_jobs
+from cortexcl.study.runner import StudyContext, prepare_data, run_study
+from cortexcl.study.store import RunDirectory
+from cortexcl.tuning.checkpoints import BACKBONE, META
+from cortexcl.tuning.trainer import CHECKPOINT, TRAIN_LOG
+
+# Simulated subject 1 at roi_scale 0.05 has 36 vertices in lh V1v and 27 in lh hV4, so with
+# min_vertices 30 hV4 is too small: it gets no tuning job and is listed as excluded.
+SIMULATION = {"n_images": 64, "n_test_images": 2, "image_size": 64, "roi_scale": 0.05}
+FROZEN = ["classifier.1", "classifier.4"]  # the two large layers: a 3x smaller checkpoint
+TIMEOUT = 240  # seconds any study subprocess may take before the test fails
+
+
+def study(**changes) -> StudyConfig:
+    """The tiny study: one simulated subject, lh V1v (tuned) and hV4 (too small), 64 px."""
+    raw = {
+        "name": "tiny",
+        "weights": "none",
+        "methods": ["untuned", "cl", "rt"],
+        "data": {"simulate": SIMULATION, "subjects": [1], "image_size": 64},
+        "selection": {"hemispheres": ["lh"], "rois": ["V1v", "hV4"], "min_vertices": 30},
+        "tuning": {"cl": {"epochs": 2, "batch_size": 16, "frozen": FROZEN},
+                   "rt": {"epochs": 2, "batch_size": 16}},
+        "encoding": {"n_components": 16},
+    }
+    for dotted, value in changes.items():
+        *parents, key = dotted.split("__")
+        section = raw
+        for parent in parents:
+            section = section.setdefault(parent, {})
+        section[key] = value
+    return parse_config(raw)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny batches: on a small shared CPU, extra threads cost more time than they save."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    """One cache for the module: the subject is simulated and its images decoded once."""
+    folder = tmp_path_factory.mktemp("study-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CORTEXCL_CACHE", str(folder))
+        root = prepare_data(study(), progress=False)
+        load_subject(root, 1, image_size=64, progress=False).images.array()
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _shared_cache(_isolated_cache, monkeypatch, cache):
+    monkeypatch.setenv("CORTEXCL_CACHE", str(cache))
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, cache):
+    """The tiny study run once to the end: (run folder, jobs, report)."""
+    root = tmp_path_factory.mktemp("study") / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CORTEXCL_CACHE", str(cache))
+        jobs, report = run_study(study(), root, progress=False, announce=lambda _: None)
+    return root, jobs, report
+
+
+def keys(jobs: list[Job]) -> list[str]:
+    return [job.key for job in jobs]
+
+
+def test_plan_orders_jobs_and_skips_small_rois():
+    config = study(methods=["untuned", "cl", "rt", "pooled-avg", "pooled-const"],
+                   data__subjects=[1, 2], selection__hemispheres=["lh", "rh"],
+                   selection__rois=["V1v", "V2d"], selection__min_vertices=20)
+    sizes = {("subj02", "rh", "V2d"): 19}  # one ROI just below the minimum
+    jobs = plan_jobs(config, lambda s, h, r: sizes.get((s, h, r), 20))
+
+    kinds = [job.kind for job in jobs]
+    assert kinds == sorted(kinds, key=["tune", "tune-pooled", "encode", "aggregate"].index)
+    position = {job.key: i for i, job in enumerate(jobs)}
+    assert len(position) == len(jobs)
+    for job in jobs:
+        assert all(position[dependency] < position[job.key] for dependency in job.depends_on)
+
+    entries = [(s, h, r) for s in ("subj01", "subj02") for h in ("lh", "rh")
+               for r in ("V1v", "V2d") if (s, h, r) != ("subj02", "rh", "V2d")]
+    tuned = [f"tune/{m}/{s}/{h}/{r}" for m in ("cl", "rt") for s, h, r in entries]
+    pooled = [f"tune-pooled/{m}/pooled/{h}/{r}" for m in ("pooled-avg", "pooled-const")
+              for h in ("lh", "rh") for r in ("V1v", "V2d")]
+    assert keys(jobs[:len(tuned) + len(pooled)]) == tuned + pooled
+
+    encodes = [job for job in jobs if job.kind == "encode"]
+    assert [job.key for job in encodes if job.method == "untuned"] == [
+        "encode/untuned/subj01/all/all", "encode/untuned/subj02/all/all"]
+    for job in encodes:
+        if job.method in ("cl", "rt"):
+            assert job.depends_on == (f"tune/{job.method}/{job.subject}/{job.hemisphere}/"
+                                      f"{job.roi}",)
+        elif job.method != "untuned":
+            assert job.depends_on == (f"tune-pooled/{job.method}/pooled/{job.hemisphere}/"
+                                      f"{job.roi}",)
+    # The pooled model of rh V2d serves only the subject that has enough vertices there.
+    assert [job.subject for job in encodes
+            if (job.method, job.hemisphere, job.roi) == ("pooled-avg", "rh", "V2d")] == ["subj01"]
+    assert jobs[-1].key == "aggregate/all/all/all/all"
+    assert jobs[-1].depends_on == tuple(job.key for job in encodes)
+
+
+def test_job_settings_follow_the_sections_they_depend_on():
+    def settings(config):
+        return {job.key: job.settings for job in plan_jobs(config, lambda *_: 40)}
+
+    base = settings(study(methods=["untuned", "cl", "rt", "pooled-avg", "pooled-const"]))
+
+    def changed(**changes) -> set[str]:
+        new = settings(study(methods=["untuned", "cl", "rt", "pooled-avg", "pooled-const"],
+                             **changes))
+        return {key.rsplit("/", 3)[0] for key in new if new[key] != base.get(key, new[key])}
+
+    cl_jobs = {"tune/cl", "encode/cl", "aggregate/all"}
+    assert changed(tuning__cl={"epochs": 3, "frozen": FROZEN}) == cl_jobs
+    assert changed(tuning__rt={"epochs": 3}) == {"tune/rt", "encode/rt", "aggregate/all"}
+    # Only the contrastive encodes compute the mutual-information bound.
+    assert changed(evaluation={"temperature_scan": True}) == {
+        "encode/cl", "encode/pooled-avg", "encode/pooled-const", "aggregate/all"}
+    # The "const" hidden size of the pooled model depends on every selected ROI.
+    assert "tune-pooled/pooled-const" in changed(selection__rois=["V1v", "hV4", "V2d"])
+    assert "tune-pooled/pooled-avg" not in changed(selection__rois=["V1v", "hV4", "V2d"])
+    assert changed(execution={"device": "cpu"}) == {"aggregate/all"}
+    assert changed(data__image_size=96) >= {"tune/cl", "tune/rt", "encode/untuned"}
+
+
+def test_tiny_study_end_to_end(finished):
+    root, jobs, report = finished
+    assert report.ok and report.done == keys(jobs) and not report.skipped
+    assert keys(jobs) == ["tune/cl/subj01/lh/V1v", "tune/rt/subj01/lh/V1v",
+                          "encode/untuned/subj01/all/all", "encode/cl/subj01/lh/V1v",
+                          "encode/rt/subj01/lh/V1v", "aggregate/all/all/all/all"]
+
+    table = pd.read_csv(root / "tables" / "encoding.csv")
+    assert sorted(zip(table.roi, table.method, strict=True)) == [
+        ("V1v", "cl"), ("V1v", "rt"), ("V1v", "untuned")]
+    assert np.isfinite(table.mean_r).all() and (table.mean_r.abs() <= 1).all()
+    assert (table.n_vertices == 36).all() and (table.subject == "subj01").all()
+    excluded = pd.read_csv(root / "tables" / "excluded.csv")
+    assert excluded.roi.tolist() == ["hV4"]
+    assert np.isfinite(table.set_index("method").loc["cl", "mi_bits"])
+
+    for method in ("cl", "rt"):
+        model = root / "models" / "subj01" / "lh" / "V1v" / method
+        assert {BACKBONE, META, TRAIN_LOG, DONE} <= {p.name for p in model.iterdir()}
+        assert not (model / CHECKPOINT).exists()
+        meta = json.loads((model / META).read_text())
+        assert (meta["method"], meta["roi"], meta["n_vertices"]) == (method, "V1v",
+                                                                     {"subj01": 36})
+        assert meta["n_train"] == {"subj01": 48}
+        assert pd.read_csv(model / TRAIN_LOG)["epoch"].tolist() == [1, 2]
+    assert not list(root.rglob(CHECKPOINT))
+    frozen = load_file(root / "models/subj01/lh/V1v/cl" / BACKBONE)
+    untouched = load_alexnet("none", seed=0).state_dict()
+    assert torch.equal(frozen["classifier.1.weight"], untouched["classifier.1.weight"])
+    assert not torch.equal(frozen["features.0.weight"], untouched["features.0.weight"])
+
+    assert (root / "report.html").stat().st_size > 1000
+    assert {"config.yaml", "manifest.json"} <= {p.name for p in root.iterdir()}
+    assert yaml.safe_load((root / "config.yaml").read_text())["name"] == "tiny"
+
+
+def test_second_run_skips_every_job(finished):
+    root, jobs, _ = finished
+    tables = sorted((root / "tables").iterdir())
+    before = [path.read_bytes() for path in tables]
+    events = []
+    again, report = run_study(study(), root, progress=False, announce=events.append)
+    assert keys(again) == keys(jobs)
+    assert report.skipped == keys(jobs) and not report.done and report.ok
+    assert sorted((root / "tables").iterdir()) == tables
+    assert [path.read_bytes() for path in tables] == before
+    assert not events  # skipped jobs are not announced without progress output
+
+
+def copy_run(root: Path, destination: Path) -> Path:
+    """A copy of a run without the large weight files."""
+    return Path(shutil.copytree(root, destination,
+                                ignore=shutil.ignore_patterns("*.safetensors")))
+
+
+def rerun_decisions(config: StudyConfig, root: Path) -> tuple[list[str], list[str]]:
+    """Which jobs of ``config`` a run in ``root`` would run and which it would skip."""
+    context = StudyContext(config, RunDirectory(root), prepare_data(config, progress=False),
+                           progress=False)
+    ran = []
+    report = SerialExecutor().run(plan_jobs(config, context.roi_size),
+                                  lambda job: ran.append(job.key), root)
+    assert report.done == ran
+    return report.done, report.skipped
+
+
+def test_changed_tuning_reruns_tuning_and_its_encoding_only(finished, tmp_path):
+    root = copy_run(finished[0], tmp_path / "run")
+    stale = root / "models/subj01/lh/V1v/cl/train_log.csv"
+    assert stale.is_file()
+    done, skipped = rerun_decisions(
+        study(tuning__cl={"epochs": 3, "batch_size": 16, "frozen": FROZEN}), root)
+    assert done == ["tune/cl/subj01/lh/V1v", "encode/cl/subj01/lh/V1v",
+                    "aggregate/all/all/all/all"]
+    assert skipped == ["tune/rt/subj01/lh/V1v", "encode/untuned/subj01/all/all",
+                       "encode/rt/subj01/lh/V1v"]
+    assert not stale.exists()  # the model trained with the old settings was removed
+
+
+def test_interrupted_job_with_other_settings_starts_afresh(tmp_path):
+    root = tmp_path / "run"
+    job = Job("tune", "cl", "subj01", "lh", "V1v", settings="old")
+
+    def interrupted(job):
+        (job.output_dir(root) / CHECKPOINT).write_text("half-trained")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        SerialExecutor().run([job], interrupted, root)
+    checkpoint = job.output_dir(root) / CHECKPOINT
+    seen = []
+
+    def record(job):
+        seen.append(checkpoint.exists())
+
+    SerialExecutor().run([job], record, root)  # same settings: the checkpoint is resumed
+    assert seen == [True]
+    new = Job("tune", "cl", "subj01", "lh", "V1v", settings="new")
+    SerialExecutor().run([new], record, root)  # other settings: never resumed
+    assert seen == [True, False]
+
+
+def test_failing_job_is_reported_and_blocks_only_its_dependents(tmp_path, monkeypatch):
+    config = study(selection__rois=["V1v", "V2d"], methods=["untuned", "cl"])
+    broken = "tune/cl/subj01/lh/V2d"
+    ran = []
+
+    def run_job(job, context):
+        if job.key == broken:
+            raise RuntimeError("the GPU caught fire")
+        ran.append(job.key)
+
+    monkeypatch.setattr(runner, "run_job", run_job)
+    events = []
+    jobs, report = run_study(config, tmp_path / "run", progress=False,
+                             announce=events.append)
+    assert list(report.failed) == [broken]
+    log = report.failed[broken]
+    assert log == tmp_path / "run" / "logs" / "tune__cl__subj01__lh__V2d.log"
+    assert "RuntimeError: the GPU caught fire" in log.read_text()
+    assert report.blocked == ["encode/cl/subj01/lh/V2d", "aggregate/all/all/all/all"]
+    assert ran == report.done == ["tune/cl/subj01/lh/V1v", "encode/untuned/subj01/all/all",
+                                  "encode/cl/subj01/lh/V1v"]
+    assert f"  failed  {broken}" in events and not report.ok
+
+    # Fixed, the next run does what is left and nothing else.
+    monkeypatch.setattr(runner, "run_job", lambda job, context: ran.append(job.key))
+    ran.clear()
+    _, report = run_study(config, tmp_path / "run", progress=False, announce=lambda _: None)
+    assert ran == [broken, "encode/cl/subj01/lh/V2d", "aggregate/all/all/all/all"]
+    assert report.ok
+
+
+@pytest.fixture
+def start_cortexcl(cache):
+    """Start ``cortexcl ARGS`` in a subprocess with the shared cache; killed at teardown."""
+    started: list[subprocess.Popen] = []
+
+    def start(*args: str | Path, stderr: Path) -> subprocess.Popen:
+        # One thread each: two studies run side by side on a small machine.
+        env = {**os.environ, "CORTEXCL_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+        command = [sys.executable, "-c", "from cortexcl.cli import main; main()",
+                   *map(str, args)]
+        with open(stderr, "w") as log:
+            started.append(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                                            stderr=log))
+        return started[-1]
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def finish(process: subprocess.Popen, stderr: Path) -> None:
+    try:
+        code = process.wait(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"study did not finish in {TIMEOUT} s:\n{stderr.read_text()[-3000:]}")
+    assert code == 0, stderr.read_text()[-3000:]
+
+
+def logged_epochs(path: Path) -> int:
+    try:
+        return len(pd.read_csv(path))
+    except (OSError, pd.errors.EmptyDataError):
+        return 0
+
+
+def test_killed_study_resumes_to_the_same_result(tmp_path, start_cortexcl):
+    config = study(methods=["cl"], selection__rois=["V1v"],
+                   tuning__cl={"epochs": 4, "batch_size": 16, "frozen": FROZEN})
+    config_file = tmp_path / "study.yaml"
+    config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    killed, reference = tmp_path / "killed", tmp_path / "reference"
+    model = Path("models/subj01/lh/V1v/cl")
+
+    # The uninterrupted run goes on beside the one that is killed and resumed.
+    uninterrupted = start_cortexcl("run", config_file, "--out", reference,
+                                   stderr=tmp_path / "reference.log")
+    process = start_cortexcl("run", config_file, "--out", killed, stderr=tmp_path / "killed.log")
+    deadline = time.monotonic() + TIMEOUT
+    while logged_epochs(killed / model / TRAIN_LOG) < 2:
+        if process.poll() is not None or time.monotonic() > deadline:
+            pytest.fail("no second epoch before the study ended:\n"
+                        + (tmp_path / "killed.log").read_text()[-3000:])
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    assert process.wait(timeout=30) == -signal.SIGKILL
+    assert 2 <= logged_epochs(killed / model / TRAIN_LOG) < 4
+    assert (killed / model / CHECKPOINT).is_file()
+    assert not (killed / model / BACKBONE).exists() and not (killed / model / DONE).exists()
+
+    resumed = start_cortexcl("run", config_file, "--out", killed, stderr=tmp_path / "resumed.log")
+    finish(resumed, tmp_path / "resumed.log")
+    finish(uninterrupted, tmp_path / "reference.log")
+
+    weights = [load_file(run / model / BACKBONE) for run in (killed, reference)]
+    assert weights[0].keys() == weights[1].keys()
+    for name in weights[0]:
+        assert torch.equal(weights[0][name], weights[1][name]), name
+    logs = [pd.read_csv(run / model / TRAIN_LOG) for run in (killed, reference)]
+    timing = ["seconds", "images_per_s"]
+    pd.testing.assert_frame_equal(logs[0].drop(columns=timing), logs[1].drop(columns=timing),
+                                  check_exact=True)
+    tables = [pd.read_csv(run / "tables" / "encoding.csv") for run in (killed, reference)]
+    assert len(tables[0]) == 1 and np.isfinite(tables[0].mean_r).all()
+    paths = [c for c in tables[0] if tables[0][c].astype(str).str.contains(str(killed)).any()]
+    assert paths == ["weights"]
+    pd.testing.assert_frame_equal(tables[0].drop(columns=paths),
+                                  tables[1].drop(columns=paths), check_exact=True)
