@@ -96,9 +96,10 @@ def run(
 ) -> None:
     """Run a study: tuning, encoding and evaluation jobs; finished jobs are skipped."""
     from cortexcl.config import load_config
-    from cortexcl.study.runner import run_study
 
     study = load_config(config)
+    from cortexcl.study.runner import run_study
+
     out = out or Path("runs") / study.name
     jobs, report = run_study(study, out, dry_run=dry_run, device=device, announce=_announce)
     if report is None:
@@ -133,13 +134,12 @@ def demo(
     _finish_study(out, report)
 
 
-def print_summary(table: pd.DataFrame, title: str) -> None:
+def print_summary(table: pd.DataFrame, title: str, every_column: bool = False) -> None:
     """Print the per-ROI summary table of a run on the terminal."""
     grid = Table(title=title)
     preferred = ["subject", "hemisphere", "roi", "method", "n_vertices", "best_layer", "mean_r",
                  "median_r", "mean_nc_score"]
-    columns = [c for c in preferred if c in table.columns]
-    columns += [c for c in table.columns if c not in preferred]
+    columns = list(table.columns) if every_column else [c for c in preferred if c in table]
     for column in columns:
         grid.add_column(column, justify="right" if table[column].dtype.kind in "fiu" else "left")
     for _, row in table.iterrows():
@@ -161,14 +161,15 @@ def _finish_study(out: Path, report) -> None:
 
     tables = out / "tables" / "encoding.csv"
     if tables.is_file():
-        print_summary(comparison_table(pd.read_csv(tables)), f"Mean test r per ROI ({tables})")
+        print_summary(comparison_table(pd.read_csv(tables)), f"Mean test r per ROI ({tables})",
+                      every_column=True)
     stdout.print(f"jobs: {len(report.done)} done, {len(report.skipped)} already done, "
                  f"{len(report.failed)} failed, {len(report.blocked)} blocked")
     report_file = out / "report.html"
     if report_file.is_file():
         stdout.print(f"report: {report_file}")
     for key, log in report.failed.items():
-        console.print(f"[red]failed:[/red] {key} (log: {log})")
+        console.print(f"[red]failed:[/red] {key} (log: {log})", soft_wrap=True)
     if not report.ok:
         raise typer.Exit(1)
 

@@ -158,6 +158,8 @@ def load_config(path: str | Path) -> StudyConfig:
         raw = yaml.safe_load(path.read_text())
     except OSError as error:
         raise InputError(f"{path}: cannot read the configuration ({error.strerror})") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not a UTF-8 text file") from None
     except yaml.YAMLError as error:
         raise InputError(f"{path}: not valid YAML ({_first_line(error)})") from None
     return parse_config(raw if raw is not None else {}, source=str(path))

@@ -10,7 +10,7 @@ import pandas as pd
 
 from cortexcl.config import load_config
 from cortexcl.data.algonauts import load_subject
-from cortexcl.data.rois import HEMISPHERES
+from cortexcl.data.rois import HEMISPHERES, expand_rois
 from cortexcl.encoding.pipeline import TABLE_KEY, encode_subject
 from cortexcl.models.backbones import describe_weights
 from cortexcl.study.executors import ExecutionReport
@@ -51,6 +51,7 @@ def encode(
     pandas.DataFrame
         One row per encoded (hemisphere, ROI).
     """
+    expand_rois(rois)  # an unknown ROI fails before any data is read
     run = RunDirectory(out)
     with run.lock():
         data = load_subject(data_root, subject, image_size=image_size, cache_dir=cache_dir,
