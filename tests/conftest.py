@@ -199,3 +199,14 @@ def real_roi_masks() -> Path:
 def appendix_a() -> dict[tuple[int, str, str], int]:
     """ROI sizes of the real subjects: {(subject, hemisphere, roi or "all"): n_vertices}."""
     return _parse_appendix_a()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Test batches are tiny: on a small shared CPU, extra threads cost more than they save."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

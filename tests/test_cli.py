@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 import yaml
 from rich.console import Console
 from typer.testing import CliRunner
@@ -22,15 +21,6 @@ from cortexcl.data.simulate import simulate_subject
 from cortexcl.study import runner
 
 SIMULATION = {"n_images": 40, "n_test_images": 2, "image_size": 64, "roi_scale": 0.05}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny batches: on a small shared CPU, extra threads cost more time than they save."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -57,15 +57,6 @@ def study(**changes) -> StudyConfig:
     return parse_config(raw)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny batches: on a small shared CPU, extra threads cost more time than they save."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
     """One cache for the module: the subject is simulated and its images decoded once."""

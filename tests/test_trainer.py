@@ -25,15 +25,6 @@ SIZE = 32
 TIMING = ["seconds", "images_per_s"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny batches: on a small shared CPU, extra threads cost more time than they save."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> ImageStore:
     """40 random 32-px images whose channel means vary a lot from image to image."""
