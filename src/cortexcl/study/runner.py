@@ -46,6 +46,7 @@ class StudyContext:
     device: str | None = None
     progress: bool = True
     _subjects: dict[str, Subject] = field(default_factory=dict)
+    _splits: dict[str, Split] = field(default_factory=dict)
 
     def subject(self, name: str) -> Subject:
         """The subject ``name``, loaded once."""
@@ -56,8 +57,11 @@ class StudyContext:
         return self._subjects[name]
 
     def split(self, subject: Subject) -> Split:
-        """The subject's split, recorded in the run."""
-        return record_split(self.run, subject, self.config.seed, self.config.encoding.protocol)
+        """The subject's split, recorded in the run (made and checked once per subject)."""
+        if subject.name not in self._splits:
+            self._splits[subject.name] = record_split(self.run, subject, self.config.seed,
+                                                      self.config.encoding.protocol)
+        return self._splits[subject.name]
 
     def roi_size(self, subject: str, hemisphere: str, roi: str) -> int:
         """Number of vertices of an ROI (the whole hemisphere for ``all``)."""
