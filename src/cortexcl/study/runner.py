@@ -117,10 +117,39 @@ def run_study(config: StudyConfig, out: str | Path, *, dry_run: bool = False,
             if event != "skipped" or progress:
                 announce(f"{event:>8}  {job.key}")
 
-        report = executor.run(jobs, lambda job: run_job(job, context), run.root, on_event)
+        runner = JobRunner(config, run.root, context.data_root, context.device, progress,
+                           context=context)
+        report = executor.run(jobs, runner, run.root, on_event)
         if run.path("tables", "encoding.csv").is_file():
             build_report(run.root)
         return jobs, report
+
+
+class JobRunner:
+    """Run one job of a study: a picklable callable that executors can ship to other processes.
+
+    A copy in another process (a Ray task, a SLURM job) builds its own `StudyContext` on first
+    use; the runner's process reuses the context it already has.
+    """
+
+    def __init__(self, config: StudyConfig, run_root: Path, data_root: Path,
+                 device: str | None, progress: bool,
+                 context: StudyContext | None = None) -> None:
+        self.config = config
+        self.run_root = Path(run_root)
+        self.data_root = Path(data_root)
+        self.device = device
+        self.progress = progress
+        self._context = context
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_context": None}
+
+    def __call__(self, job: Job) -> None:
+        if self._context is None:
+            self._context = StudyContext(self.config, RunDirectory(self.run_root),
+                                         self.data_root, self.device, self.progress)
+        run_job(job, self._context)
 
 
 def run_job(job: Job, context: StudyContext) -> None:
