@@ -6,8 +6,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,8 +16,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from cortexcl.config import StudyConfig, parse_config
-from cortexcl.data.algonauts import load_subject
+from cortexcl.config import StudyConfig
 from cortexcl.models.backbones import load_alexnet
 from cortexcl.study import runner
 from cortexcl.study.executors import SerialExecutor
@@ -28,44 +25,22 @@ from cortexcl.study.runner import StudyContext, prepare_data, run_study
 from cortexcl.study.store import RunDirectory
 from cortexcl.tuning.checkpoints import BACKBONE, META
 from cortexcl.tuning.trainer import CHECKPOINT, TRAIN_LOG
-
-# Simulated subject 1 at roi_scale 0.05 has 36 vertices in lh V1v and 27 in lh hV4, so with
-# min_vertices 30 hV4 is too small: it gets no tuning job and is listed as excluded.
-SIMULATION = {"n_images": 64, "n_test_images": 2, "image_size": 64, "roi_scale": 0.05}
-FROZEN = ["classifier.1", "classifier.4"]  # the two large layers: a 3x smaller checkpoint
-TIMEOUT = 240  # seconds any study subprocess may take before the test fails
-
-
-def study(**changes) -> StudyConfig:
-    """The tiny study: one simulated subject, lh V1v (tuned) and hV4 (too small), 64 px."""
-    raw = {
-        "name": "tiny",
-        "weights": "none",
-        "methods": ["untuned", "cl", "rt"],
-        "data": {"simulate": SIMULATION, "subjects": [1], "image_size": 64},
-        "selection": {"hemispheres": ["lh"], "rois": ["V1v", "hV4"], "min_vertices": 30},
-        "tuning": {"cl": {"epochs": 2, "batch_size": 16, "frozen": FROZEN},
-                   "rt": {"epochs": 2, "batch_size": 16}},
-        "encoding": {"n_components": 16},
-    }
-    for dotted, value in changes.items():
-        *parents, key = dotted.split("__")
-        section = raw
-        for parent in parents:
-            section = section.setdefault(parent, {})
-        section[key] = value
-    return parse_config(raw)
+from study_helpers import (
+    FROZEN,
+    TIMEOUT,
+    CortexclProcesses,
+    assert_same_results,
+    fill_cache,
+    finish,
+    logged_epochs,
+    study,
+)
 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
     """One cache for the module: the subject is simulated and its images decoded once."""
-    folder = tmp_path_factory.mktemp("study-cache")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("CORTEXCL_CACHE", str(folder))
-        root = prepare_data(study(), progress=False)
-        load_subject(root, 1, image_size=64, progress=False).images.array()
-    return folder
+    return fill_cache(tmp_path_factory.mktemp("study-cache"))
 
 
 @pytest.fixture(autouse=True)
@@ -116,13 +91,28 @@ def test_plan_orders_jobs_and_skips_small_rois():
             assert job.depends_on == (f"tune/{job.method}/{job.subject}/{job.hemisphere}/"
                                       f"{job.roi}",)
         elif job.method != "untuned":
+            # Pooled results are compared with baselines re-scored on the same test images.
+            baselines = (f"encode/untuned/{job.subject}/all/all",
+                         f"encode/rt/{job.subject}/{job.hemisphere}/{job.roi}")
             assert job.depends_on == (f"tune-pooled/{job.method}/pooled/{job.hemisphere}/"
-                                      f"{job.roi}",)
+                                      f"{job.roi}", *baselines)
     # The pooled model of rh V2d serves only the subject that has enough vertices there.
     assert [job.subject for job in encodes
             if (job.method, job.hemisphere, job.roi) == ("pooled-avg", "rh", "V2d")] == ["subj01"]
     assert jobs[-1].key == "aggregate/all/all/all/all"
     assert jobs[-1].depends_on == tuple(job.key for job in encodes)
+
+
+def test_plan_cross_subject_jobs():
+    config = study(methods=["untuned", "cl", "rt"], data__subjects=[1, 2, 3],
+                   selection__rois=["V1v"], evaluation__cross_subject=True)
+    sizes = {("subj03", "lh", "V1v"): 10}  # subj03 lacks the ROI: no model, no target
+    jobs = plan_jobs(config, lambda s, h, r: sizes.get((s, h, r), 40))
+    cross = [job for job in jobs if job.kind == "cross"]
+    assert keys(cross) == ["cross/cl-from-subj01/subj02/lh/V1v",
+                           "cross/cl-from-subj02/subj01/lh/V1v"]
+    assert cross[0].depends_on == ("tune/cl/subj01/lh/V1v", "encode/untuned/subj02/all/all")
+    assert set(keys(cross)) <= set(jobs[-1].depends_on)
 
 
 def test_job_settings_follow_the_sections_they_depend_on():
@@ -145,7 +135,7 @@ def test_job_settings_follow_the_sections_they_depend_on():
     # The "const" hidden size of the pooled model depends on every selected ROI.
     assert "tune-pooled/pooled-const" in changed(selection__rois=["V1v", "hV4", "V2d"])
     assert "tune-pooled/pooled-avg" not in changed(selection__rois=["V1v", "hV4", "V2d"])
-    assert changed(execution={"device": "cpu"}) == {"aggregate/all"}
+    assert changed(execution={"device": "cpu", "executor": "ray"}) == set()
     assert changed(data__image_size=96) >= {"tune/cl", "tune/rt", "encode/untuned"}
 
 
@@ -285,38 +275,9 @@ def test_failing_job_is_reported_and_blocks_only_its_dependents(tmp_path, monkey
 @pytest.fixture
 def start_cortexcl(cache):
     """Start ``cortexcl ARGS`` in a subprocess with the shared cache; killed at teardown."""
-    started: list[subprocess.Popen] = []
-
-    def start(*args: str | Path, stderr: Path) -> subprocess.Popen:
-        # One thread each: two studies run side by side on a small machine.
-        env = {**os.environ, "CORTEXCL_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
-        command = [sys.executable, "-c", "from cortexcl.cli import main; main()",
-                   *map(str, args)]
-        with open(stderr, "w") as log:
-            started.append(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                                            stderr=log))
-        return started[-1]
-
-    yield start
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-
-
-def finish(process: subprocess.Popen, stderr: Path) -> None:
-    try:
-        code = process.wait(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"study did not finish in {TIMEOUT} s:\n{stderr.read_text()[-3000:]}")
-    assert code == 0, stderr.read_text()[-3000:]
-
-
-def logged_epochs(path: Path) -> int:
-    try:
-        return len(pd.read_csv(path))
-    except (OSError, pd.errors.EmptyDataError):
-        return 0
+    processes = CortexclProcesses(cache)
+    yield processes.start
+    processes.close()
 
 
 def test_killed_study_resumes_to_the_same_result(tmp_path, start_cortexcl):
@@ -347,17 +308,5 @@ def test_killed_study_resumes_to_the_same_result(tmp_path, start_cortexcl):
     finish(resumed, tmp_path / "resumed.log")
     finish(uninterrupted, tmp_path / "reference.log")
 
-    weights = [load_file(run / model / BACKBONE) for run in (killed, reference)]
-    assert weights[0].keys() == weights[1].keys()
-    for name in weights[0]:
-        assert torch.equal(weights[0][name], weights[1][name]), name
-    logs = [pd.read_csv(run / model / TRAIN_LOG) for run in (killed, reference)]
-    timing = ["seconds", "images_per_s"]
-    pd.testing.assert_frame_equal(logs[0].drop(columns=timing), logs[1].drop(columns=timing),
-                                  check_exact=True)
-    tables = [pd.read_csv(run / "tables" / "encoding.csv") for run in (killed, reference)]
-    assert len(tables[0]) == 1 and np.isfinite(tables[0].mean_r).all()
-    paths = [c for c in tables[0] if tables[0][c].astype(str).str.contains(str(killed)).any()]
-    assert paths == ["weights"]
-    pd.testing.assert_frame_equal(tables[0].drop(columns=paths),
-                                  tables[1].drop(columns=paths), check_exact=True)
+    assert_same_results(killed, reference, [model])
+    assert len(pd.read_csv(killed / "tables" / "encoding.csv")) == 1

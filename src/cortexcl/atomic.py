@@ -55,6 +55,11 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, text + "\n")
 
 
+def atomic_write_csv(path: str | os.PathLike, table: Any) -> Path:
+    """Write a pandas DataFrame as CSV (no index) atomically."""
+    return atomic_write_text(path, table.to_csv(index=False))
+
+
 def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
     """Save ``array`` in ``.npy`` format to ``path`` atomically and return the path."""
     array = np.asarray(array)
@@ -73,6 +78,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_UMASK)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -80,8 +86,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
+            os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from cortexcl.data.rois import HEMISPHERES, expand_rois
 from cortexcl.errors import InputError
@@ -113,13 +120,58 @@ class EvaluationConfig(_Strict):
 
     mutual_info: bool = True
     temperature_scan: bool = Field(False, description="optimistic post-hoc τ, chosen on val")
+    cross_subject: bool = Field(False, description="every subject's CL backbones encode every "
+                                                   "other subject (METHOD.md §3.5)")
+    pooled_vs_cross: bool = Field(False, description="compare pooled with cross-subject "
+                                                     "backbones (needs cross_subject)")
+    pooled_vs_cross_exclude: list[str] = Field(
+        default_factory=list, description="entries left out of the comparison, 'lh:FBA-2'")
+
+
+class RayConfig(_Strict):
+    """The Ray executor: a local Ray instance, or a running cluster."""
+
+    address: str | None = Field(None, description="address of a running Ray cluster ('auto': "
+                                                  "the one on this machine); null starts a "
+                                                  "local instance")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the local instance; "
+                                                         "null: every CPU")
+    num_gpus: float | None = Field(None, ge=0, description="GPUs of the local instance; "
+                                                           "null: every GPU")
+    cpus_per_job: int = Field(1, ge=1, description="CPUs of an encoding job, and of a tuning "
+                                                   "job on a cluster without GPUs")
+    encode_gpu_share: float = Field(0.25, gt=0, le=1, description="share of a GPU an encoding "
+                                                                  "job takes (tuning: one GPU)")
+    max_retries: int = Field(2, ge=0, description="reruns of a job whose worker died")
+    retry_exceptions: int = Field(0, ge=0, description="reruns of a job that raised an error")
+
+
+class SlurmConfig(_Strict):
+    """The SLURM executor (submitit): one job per study job, arrays of the jobs ready together."""
+
+    partition: str | None = Field(None, description="null: the cluster's default partition")
+    time_min: int = Field(240, ge=1, description="time limit of each job, in minutes")
+    gpus_per_job: int = Field(1, ge=0, description="GPUs of each job but the aggregation")
+    cpus_per_task: int = Field(4, ge=1, description="CPUs of each job")
+    mem_gb: int = Field(32, ge=1, description="memory of each job, in GB")
+    array_parallelism: int = Field(16, ge=1, description="jobs of one array running at once")
+    max_requeues: int = Field(3, ge=0, description="requeues after running out of time "
+                                                   "(preempted jobs are always requeued); a "
+                                                   "requeued job resumes from its checkpoint")
+    cluster: Literal["auto", "local", "debug"] = Field(
+        "auto", description="auto: SLURM where srun is found, else local processes; local: "
+                            "local processes; debug: one after another in the runner's process")
+    poll_s: float = Field(10.0, gt=0, description="seconds between checks of running jobs")
 
 
 class ExecutionConfig(_Strict):
-    """How jobs run."""
+    """How jobs run; it changes no result, so no job's settings depend on it."""
 
-    executor: Literal["serial"] = "serial"
+    executor: Literal["serial", "ray", "slurm"] = Field(
+        "serial", description="serial (in the runner's process), ray or slurm")
     device: str | None = None
+    ray: RayConfig = RayConfig()
+    slurm: SlurmConfig = SlurmConfig()
 
 
 class StudyConfig(_Strict):
@@ -135,6 +187,17 @@ class StudyConfig(_Strict):
     encoding: EncodingConfig = EncodingConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     execution: ExecutionConfig = ExecutionConfig()
+
+    @model_validator(mode="after")
+    def _evaluations_have_their_methods(self) -> StudyConfig:
+        evaluation, methods = self.evaluation, set(self.methods)
+        if evaluation.cross_subject and not {"untuned", "cl"} <= methods:
+            raise ValueError("evaluation.cross_subject needs the methods untuned and cl")
+        if evaluation.pooled_vs_cross and not (
+                evaluation.cross_subject and methods & {"pooled-avg", "pooled-const"}):
+            raise ValueError("evaluation.pooled_vs_cross needs cross_subject and a pooled "
+                             "method (pooled-avg or pooled-const)")
+        return self
 
     def digest(self, *sections: str) -> str:
         """Short hash of the named sections (all when none), for job completion records."""

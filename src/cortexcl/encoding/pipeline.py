@@ -23,6 +23,23 @@ from cortexcl.models.backbones import describe_weights, load_alexnet
 from cortexcl.study.store import RunDirectory
 
 TABLE_KEY = ("subject", "hemisphere", "roi", "method")
+TEST_ROWS = "test_rows.npy"
+TEST_PREDICTION = "test_prediction.npy"
+
+
+def without_test_images(split: Split, image_ids: np.ndarray,
+                        excluded_ids: np.ndarray) -> tuple[Split, int]:
+    """The split with every test image whose id is in ``excluded_ids`` removed.
+
+    Returns
+    -------
+    split, n_dropped
+        The reduced split (train and val unchanged) and the number of test images dropped.
+    """
+    keep = ~np.isin(np.asarray(image_ids)[split.test], np.asarray(excluded_ids))
+    reduced = Split(split.train, split.val, split.test[keep], split.seed, split.protocol,
+                    split.folds)
+    return reduced, int(keep.size - keep.sum())
 
 
 def record_split(run: RunDirectory, subject: Subject, seed: int, protocol: str) -> Split:
@@ -65,6 +82,7 @@ def encode_subject(
     batch_size: int = 64,
     device: str | torch.device | None = None,
     progress: bool = True,
+    exclude_test_ids: np.ndarray | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Fit encoding models for every requested ROI of one subject with one backbone.
 
@@ -103,6 +121,9 @@ def encode_subject(
         Where the backbone runs; the GPU when one is present.
     progress : bool
         Show progress bars.
+    exclude_test_ids : array of int, optional
+        Image ids (NSD ids) to drop from the test part: the images another subject's data
+        tuned the backbone with (METHOD.md §1.3, shared NSD images). The count is recorded.
 
     Returns
     -------
@@ -114,11 +135,14 @@ def encode_subject(
             raise InputError(f"--hemisphere: unknown hemisphere {hemisphere!r}; use lh or rh")
     roi_names = expand_rois(rois)
     split = record_split(run, subject, seed, protocol)
+    n_dropped = 0
+    if exclude_test_ids is not None:
+        split, n_dropped = without_test_images(split, subject.image_ids, exclude_test_ids)
     backbone = load_alexnet(weights, seed=seed)
     weights_label = describe_weights(weights, seed=seed)
     context = {"weights": weights_label, "protocol": protocol, "seed": seed, "refit": refit,
                "n_train": len(split.train), "n_val": len(split.val), "n_test": len(split.test),
-               "data_hash": subject.data_hash()}
+               "n_test_dropped": n_dropped, "data_hash": subject.data_hash()}
     rows, excluded = [], []
     with tempfile.TemporaryDirectory(dir=run.root, prefix=".features-") as feature_dir:
         features = extract_features(backbone, subject.images, batch_size=batch_size,
@@ -140,15 +164,17 @@ def encode_subject(
                 model.fit(features, responses[:, columns], split)
                 nc = None if ceiling is None else ceiling[columns]
                 rows.append(_write_result(run, subject, hemisphere, roi, method, model, nc,
-                                          context))
+                                          split.test, context))
     return pd.DataFrame(rows), pd.DataFrame(excluded)
 
 
 def _write_result(run: RunDirectory, subject: Subject, hemisphere: str, roi: str, method: str,
                   model: EncodingModel, noise_ceiling: np.ndarray | None,
-                  context: dict) -> dict:
+                  test_rows: np.ndarray, context: dict) -> dict:
     out = run.encoding_dir(subject.name, hemisphere, roi, method)
     atomic_save_npy(out / "voxel_r.npy", model.test_r_.astype(np.float32))
+    atomic_save_npy(out / TEST_ROWS, np.asarray(test_rows, dtype=np.int64))
+    atomic_save_npy(out / TEST_PREDICTION, model.predictions_.astype(np.float32))
     atomic_save_npy(out / "alphas.npy", model.alphas_.astype(np.float32))
     buffer = io.StringIO()
     model.layer_scores_.to_csv(buffer, index=False)

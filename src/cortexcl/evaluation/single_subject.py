@@ -14,15 +14,15 @@ Reads the per-ROI encoding results of a run and writes the long tables:
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from cortexcl.atomic import atomic_write_text
+from cortexcl.atomic import atomic_write_csv
 from cortexcl.config import StudyConfig
 from cortexcl.data.rois import ROI_GROUPS
+from cortexcl.evaluation.transfer import matched_baseline
 from cortexcl.metrics import paired_wilcoxon, percent_improved
 from cortexcl.study.store import RunDirectory
 
@@ -31,24 +31,28 @@ ENTRY = ["subject", "hemisphere", "roi"]
 
 
 def collect_results(run: RunDirectory) -> pd.DataFrame:
-    """One row per encoding result found in the run, with comparisons against the baselines."""
-    rows, voxel_r = [], {}
+    """One row per encoding result found in the run, with comparisons against the baselines.
+
+    A result scored on fewer test images than its baseline (pooled backbones, whose tuning
+    saw other subjects' copies of shared images) is compared on those images only.
+    """
+    rows = []
     for summary_file in sorted(run.path("encoding").glob("*/*/*/*/summary.json")):
         summary = json.loads(summary_file.read_text())
         mi_file = summary_file.with_name("mutual_info.json")
         if mi_file.is_file():
             summary.update(json.loads(mi_file.read_text()))
         rows.append(summary)
-        key = (summary["subject"], summary["hemisphere"], summary["roi"], summary["method"])
-        voxel_r[key] = np.load(summary_file.with_name("voxel_r.npy"))
     table = pd.DataFrame(rows)
     if table.empty:
         return table
     for baseline in BASELINES:
         improved, p_values = [], []
         for _, row in table.iterrows():
-            mine = voxel_r[(row.subject, row.hemisphere, row.roi, row.method)]
-            other = voxel_r.get((row.subject, row.hemisphere, row.roi, baseline))
+            folder = run.encoding_dir(row.subject, row.hemisphere, row.roi, row.method)
+            mine = np.load(folder / "voxel_r.npy")
+            other = matched_baseline(folder, baseline, run.encoding_dir(
+                row.subject, row.hemisphere, row.roi, baseline))
             if other is None or row.method == baseline:
                 improved.append(np.nan)
                 p_values.append(np.nan)
@@ -106,16 +110,16 @@ def write_tables(run: RunDirectory, config: StudyConfig | None = None) -> pd.Dat
     if config is not None:
         wanted = table["method"].isin(config.methods)
         table = table[wanted].reset_index(drop=True)
-    _write_csv(run.path("tables", "encoding.csv"), table)
-    _write_csv(run.path("tables", "groups.csv"), group_summary(table))
+    atomic_write_csv(run.path("tables", "encoding.csv"), table)
+    atomic_write_csv(run.path("tables", "groups.csv"), group_summary(table))
     excluded = [pd.read_csv(path) for path in sorted(run.path("jobs").glob("**/excluded.csv"))
                 if path.stat().st_size > 1]
     if excluded:
-        _write_csv(run.path("tables", "excluded.csv"),
+        atomic_write_csv(run.path("tables", "excluded.csv"),
                    pd.concat(excluded, ignore_index=True).drop_duplicates())
     if "mi_bits" in table:
         columns = [c for c in table.columns if c.startswith("mi_")]
-        _write_csv(run.path("tables", "mutual_info.csv"),
+        atomic_write_csv(run.path("tables", "mutual_info.csv"),
                    table.dropna(subset=["mi_bits"])[[*ENTRY, "method", "n_vertices", *columns]])
     return table
 
@@ -137,7 +141,3 @@ def comparison_table(table: pd.DataFrame) -> pd.DataFrame:
             wide[f"CL>{label} %"] = index.map(cl[f"pct_improved_vs_{baseline}"]).to_numpy()
             wide[f"p ({label})"] = index.map(cl[f"p_vs_{baseline}"]).to_numpy()
     return wide
-
-
-def _write_csv(path: Path, table: pd.DataFrame) -> None:
-    atomic_write_text(path, table.to_csv(index=False))

@@ -171,7 +171,7 @@ def roi_colors(rois: Sequence[str]) -> dict[str, tuple]:
     return {roi: cmap(i % cmap.N) for i, roi in enumerate(rois)}
 
 
-def _timed(draw: Callable[[], ReportFigure | None]) -> ReportFigure | None:
+def timed(draw: Callable[[], ReportFigure | None]) -> ReportFigure | None:
     start = time.perf_counter()
     figure = draw()
     if figure is None:
@@ -628,10 +628,10 @@ def make_figures(results: RunResults, subject: str | None = None, surfaces: bool
     subject = results.subject(subject)
     out_dir = results.path("figures")
     figures = [
-        _timed(lambda: roi_bars(results, out_dir)),
-        _timed(lambda: vertex_scatter(results, out_dir)),
-        _timed(lambda: layer_matrix(results, out_dir, subject)),
-        _timed(lambda: training_curves(results, out_dir, subject)),
+        timed(lambda: roi_bars(results, out_dir)),
+        timed(lambda: vertex_scatter(results, out_dir)),
+        timed(lambda: layer_matrix(results, out_dir, subject)),
+        timed(lambda: training_curves(results, out_dir, subject)),
     ]
     notes = []
     if figures[1] is None:

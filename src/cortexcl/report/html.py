@@ -15,6 +15,7 @@ import pandas as pd
 
 from cortexcl.atomic import atomic_write_text
 from cortexcl.data.rois import ROI_NAMES
+from cortexcl.report.evaluations import evaluation_figures
 from cortexcl.report.figures import (
     BASELINE,
     METHOD_ORDER,
@@ -71,6 +72,7 @@ def build_report(run_dir: str | Path, *, subject: str | int | None = None,
     start = time.perf_counter()
     results = RunResults(run_dir)
     figures, notes = make_figures(results, subject=subject, surfaces=surfaces)
+    figures += evaluation_figures(results)
     page = render_report(results, figures, notes, time.perf_counter() - start)
     return atomic_write_text(results.path(REPORT), page)
 

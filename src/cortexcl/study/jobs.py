@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from cortexcl.atomic import atomic_write_json
 from cortexcl.config import StudyConfig
 from cortexcl.data.algonauts import subject_name
+from cortexcl.evaluation.transfer import transfer_method
 
 DONE = "done.json"
 STARTED = "started.json"
@@ -36,9 +37,11 @@ class Job:
     Attributes
     ----------
     kind : str
-        ``tune``, ``tune-pooled``, ``encode`` or ``aggregate``.
+        ``tune``, ``tune-pooled``, ``encode``, ``cross`` (a backbone encodes another subject)
+        or ``aggregate``.
     method : str
-        Backbone method (``untuned``, ``cl``, ``rt``, ``pooled-avg``, ``pooled-const``).
+        Backbone method (``untuned``, ``cl``, ``rt``, ``pooled-avg``, ``pooled-const``), or
+        ``<method>-from-<subject>`` for a backbone tuned on another subject.
     subject : str
         ``subjNN``, ``pooled`` for pooled tuning, ``all`` for aggregation.
     hemisphere, roi : str
@@ -133,12 +136,16 @@ def plan_jobs(config: StudyConfig, roi_sizes: Callable[[str, str, str], int]) ->
     minimum = config.selection.min_vertices
     common = config.digest("data", "seed", "weights")
     encoding = config.digest("data", "seed", "weights", "selection", "encoding")
-    evaluation = config.digest("evaluation")  # the MI bound, computed by contrastive encodes
+    # The MI bound, computed by contrastive encodes.
+    evaluation = _digest(config.evaluation.mutual_info, config.evaluation.temperature_scan)
     jobs: list[Job] = []
     encodes: list[Job] = []
+    untuned: dict[str, str] = {}
     if "untuned" in config.methods:
         for subject in subjects:
             encodes.append(Job("encode", "untuned", subject, settings=encoding))
+            untuned[subject] = encodes[-1].key
+    tunes: dict[tuple[str, str, str, str], Job] = {}
     for method in (m for m in config.methods if m in TUNED_METHODS):
         tuning = _digest(getattr(config.tuning, method))
         scored = f"{encoding}-{tuning}" + (f"-{evaluation}" if method == "cl" else "")
@@ -150,8 +157,16 @@ def plan_jobs(config: StudyConfig, roi_sizes: Callable[[str, str, str], int]) ->
                     tune = Job("tune", method, subject, hemisphere, roi,
                                settings=f"{common}-{tuning}")
                     jobs.append(tune)
+                    tunes[method, subject, hemisphere, roi] = tune
                     encodes.append(Job("encode", method, subject, hemisphere, roi,
                                        depends_on=(tune.key,), settings=scored))
+
+    def _baselines(subject: str, hemisphere: str, roi: str) -> list[str]:
+        keys = [untuned[subject]] if subject in untuned else []
+        if ("rt", subject, hemisphere, roi) in tunes:
+            keys.append(Job("encode", "rt", subject, hemisphere, roi).key)
+        return keys
+
     for method in (m for m in config.methods if m in POOLED_METHODS):
         # The members depend on min_vertices; the "const" hidden size on every selected ROI.
         selection = config.selection if method == "pooled-const" else minimum
@@ -164,11 +179,23 @@ def plan_jobs(config: StudyConfig, roi_sizes: Callable[[str, str, str], int]) ->
                 tune = Job("tune-pooled", method, "pooled", hemisphere, roi,
                            settings=f"{common}-{tuning}")
                 jobs.append(tune)
+                # Scored on the test images no member tuned with, against baselines
+                # re-scored on the same images: those baselines come first.
                 encodes.extend(Job("encode", method, subject, hemisphere, roi,
-                                   depends_on=(tune.key,),
+                                   depends_on=(tune.key, *_baselines(subject, hemisphere, roi)),
                                    settings=f"{encoding}-{tuning}-{evaluation}")
                                for subject in members)
+    if config.evaluation.cross_subject:
+        for (method, model, hemisphere, roi), tune in tunes.items():
+            for target in subjects if method == "cl" else ():
+                if target != model and roi_sizes(target, hemisphere, roi) >= minimum:
+                    encodes.append(Job(
+                        "cross", transfer_method(method, model), target, hemisphere, roi,
+                        depends_on=(tune.key, untuned[target]),
+                        settings=f"{encoding}-{tune.settings}"))
     jobs.extend(encodes)
+    # Every section but how the jobs run (executor, device), which changes no result.
+    results = [name for name in StudyConfig.model_fields if name != "execution"]
     jobs.append(Job("aggregate", "all", "all", depends_on=tuple(job.key for job in encodes),
-                    settings=config.digest()))
+                    settings=config.digest(*results)))
     return jobs

@@ -11,13 +11,14 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from cortexcl.atomic import atomic_write_json, atomic_write_text
+from cortexcl.atomic import atomic_write_csv, atomic_write_json
 from cortexcl.config import StudyConfig
 from cortexcl.data.algonauts import Subject, load_subject, subject_name
 from cortexcl.data.images import default_cache_dir
 from cortexcl.data.rois import WHOLE_HEMISPHERE
 from cortexcl.data.splits import Split
 from cortexcl.encoding.pipeline import encode_subject, record_split
+from cortexcl.evaluation.cross_subject import CROSS_SUBJECT, write_cross_subject_tables
 from cortexcl.evaluation.mutual_info import (
     embed_pairs,
     embed_pairs_with_modality_statistics,
@@ -25,11 +26,12 @@ from cortexcl.evaluation.mutual_info import (
     select_temperature_on_val,
 )
 from cortexcl.evaluation.single_subject import write_tables
+from cortexcl.evaluation.transfer import split_transfer, train_image_ids, write_matched_baselines
 from cortexcl.models import TUNING_METHODS
 from cortexcl.models.backbones import load_alexnet, resolve_device
-from cortexcl.models.heads import check_roi_size
+from cortexcl.models.heads import check_roi_size, check_roi_sizes
 from cortexcl.report import build_report
-from cortexcl.study.executors import EXECUTORS, ExecutionReport
+from cortexcl.study.executors import ExecutionReport, make_executor
 from cortexcl.study.jobs import Job, plan_jobs
 from cortexcl.study.store import RunDirectory
 from cortexcl.tuning.checkpoints import BACKBONE, load_heads, save_tuned
@@ -105,13 +107,14 @@ def run_study(config: StudyConfig, out: str | Path, *, dry_run: bool = False,
         jobs = plan_jobs(config, context.roi_size)
         if dry_run:
             return jobs, None
+        check_inputs(context)
         run.write_config(config.model_dump(mode="json"))
         run.write_manifest(
             seeds={"study": config.seed},
             datasets={name: context.subject(name).data_hash()
                       for name in map(subject_name, config.data.subjects)},
             extra={"weights": config.weights, "data_root": str(context.data_root)})
-        executor = EXECUTORS[config.execution.executor]()
+        executor = make_executor(config.execution, run.root, progress=progress)
 
         def on_event(event: str, job: Job) -> None:
             if event != "skipped" or progress:
@@ -123,6 +126,31 @@ def run_study(config: StudyConfig, out: str | Path, *, dry_run: bool = False,
         if run.path("tables", "encoding.csv").is_file():
             build_report(run.root)
         return jobs, report
+
+
+def check_inputs(context: StudyContext) -> None:
+    """Check a study's inputs before anything is written: bad input fails at once, not in a job.
+
+    Every subject is loaded and its images decoded (into the image cache the jobs use), at
+    least one selected ROI must have ``min_vertices`` vertices, the weights must load and, when
+    the jobs run in this process, the device must exist.
+
+    Raises
+    ------
+    InputError
+        Naming the file or setting at fault.
+    """
+    config = context.config
+    names = list(map(subject_name, config.data.subjects))
+    check_roi_sizes({f"{name} {hemisphere} {roi}": context.roi_size(name, hemisphere, roi)
+                     for name in names for hemisphere in config.selection.hemispheres
+                     for roi in config.selection.rois},
+                    config.selection.min_vertices, context.data_root)
+    load_alexnet(config.weights, seed=config.seed)
+    if config.execution.executor == "serial":
+        resolve_device(context.device)
+    for name in names:
+        context.subject(name).images.array()
 
 
 class JobRunner:
@@ -154,7 +182,7 @@ class JobRunner:
 
 def run_job(job: Job, context: StudyContext) -> None:
     """Execute one job (dispatch on its kind)."""
-    {"tune": _tune, "tune-pooled": _tune, "encode": _encode,
+    {"tune": _tune, "tune-pooled": _tune, "encode": _encode, "cross": _cross,
      "aggregate": _aggregate}[job.kind](job, context)
 
 
@@ -229,19 +257,72 @@ def _encode(job: Job, context: StudyContext) -> None:
         weights, hemispheres, rois = config.weights, config.selection.hemispheres, \
             config.selection.rois
     else:
-        tuned_by = "pooled" if job.method.startswith("pooled") else job.subject
-        weights = context.run.path("models", tuned_by, job.hemisphere, job.roi, job.method,
-                                   BACKBONE)
+        weights = _tuned_backbone(context, job.method, job.subject, job.hemisphere, job.roi)
         hemispheres, rois = [job.hemisphere], [job.roi]
-    encoded, excluded = encode_subject(
-        subject, context.run, hemispheres=hemispheres, rois=rois, weights=weights,
-        method=job.method, seed=config.seed, protocol=config.encoding.protocol,
-        n_components=config.encoding.n_components, refit=config.encoding.refit,
-        min_vertices=config.selection.min_vertices, batch_size=config.encoding.batch_size,
-        device=context.device, progress=context.progress)
-    atomic_write_text(out / "excluded.csv", excluded.to_csv(index=False))
+    pooled = job.method.startswith("pooled")
+    _, excluded = _encode_with(context, subject, context.run, weights, job.method, hemispheres,
+                               rois, _tuning_image_ids(context, job) if pooled else None)
+    atomic_write_csv(out / "excluded.csv", excluded)
+    if pooled:
+        _write_matched(context, context.run, subject, job, job.method, ("untuned", "rt"))
     if job.method != "rt" and job.method != "untuned" and config.evaluation.mutual_info:
         _mutual_info(job, context, weights.parent)
+
+
+def _cross(job: Job, context: StudyContext) -> None:
+    """A backbone tuned on another subject encodes this subject's ROI (METHOD.md §3.5)."""
+    method, source = split_transfer(job.method)
+    subject = context.subject(job.subject)
+    weights = _tuned_backbone(context, method, source, job.hemisphere, job.roi)
+    transfer = RunDirectory(context.run.root / CROSS_SUBJECT)
+    _encode_with(context, subject, transfer, weights, job.method, [job.hemisphere], [job.roi],
+                 _tuning_image_ids(context, job))
+    _write_matched(context, transfer, subject, job, job.method, ("untuned",))
+
+
+def _tuned_backbone(context: StudyContext, method: str, subject: str, hemisphere: str,
+                    roi: str) -> Path:
+    tuned_by = "pooled" if method.startswith("pooled") else subject
+    return context.run.path("models", tuned_by, hemisphere, roi, method, BACKBONE)
+
+
+def _tuning_image_ids(context: StudyContext, job: Job) -> np.ndarray:
+    """Ids of the images that tuned the backbone a job encodes with, other than the target's.
+
+    The target's own training images are never in its test part; other subjects' may be
+    (the NSD shared images), and are dropped from it.
+    """
+    method, source = split_transfer(job.method)
+    if method.startswith("pooled"):
+        minimum = context.config.selection.min_vertices
+        sources = [name for name in map(subject_name, context.config.data.subjects)
+                   if context.roi_size(name, job.hemisphere, job.roi) >= minimum]
+    else:
+        sources = [source]
+    ids = [train_image_ids(data.image_ids, context.split(data).train)
+           for data in map(context.subject, sources) if data.name != job.subject]
+    return np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
+
+
+def _encode_with(context: StudyContext, subject: Subject, run: RunDirectory, weights: Any,
+                 method: str, hemispheres: list[str], rois: list[str],
+                 exclude_test_ids: np.ndarray | None) -> tuple[Any, Any]:
+    config = context.config
+    return encode_subject(
+        subject, run, hemispheres=hemispheres, rois=rois, weights=weights,
+        method=method, seed=config.seed, protocol=config.encoding.protocol,
+        n_components=config.encoding.n_components, refit=config.encoding.refit,
+        min_vertices=config.selection.min_vertices, batch_size=config.encoding.batch_size,
+        device=context.device, progress=context.progress, exclude_test_ids=exclude_test_ids)
+
+
+def _write_matched(context: StudyContext, run: RunDirectory, subject: Subject, job: Job,
+                   method: str, baselines: tuple[str, ...]) -> None:
+    """Re-score the subject's baselines on the test images of a transfer or pooled result."""
+    result = run.encoding_dir(subject.name, job.hemisphere, job.roi, method)
+    write_matched_baselines(
+        result, {name: context.run.encoding_dir(subject.name, job.hemisphere, job.roi, name)
+                 for name in baselines}, subject.responses(job.hemisphere, job.roi))
 
 
 def _mutual_info(job: Job, context: StudyContext, model_dir: Path) -> None:
@@ -286,4 +367,8 @@ def _mutual_info(job: Job, context: StudyContext, model_dir: Path) -> None:
 
 
 def _aggregate(job: Job, context: StudyContext) -> None:
-    write_tables(context.run, context.config)
+    encoding = write_tables(context.run, context.config)
+    evaluation = context.config.evaluation
+    if evaluation.cross_subject:
+        write_cross_subject_tables(context.run, encoding, evaluation.pooled_vs_cross,
+                                   tuple(evaluation.pooled_vs_cross_exclude))

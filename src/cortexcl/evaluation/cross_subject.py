@@ -1,0 +1,171 @@
+"""Cross-subject transfer and pooled vs cross-subject models (METHOD.md §3.5, §3.6).
+
+For every hemisphere × ROI, the backbone tuned on model subject *m* encodes target subject *t*
+(PCA and ridge fit on *t*'s train part, α and layer chosen on *t*'s val part, scored on *t*'s
+test part without the images that tuned the backbone). ``R[m, t]`` is the mean test r and
+``I[m, t]`` the fraction of *t*'s vertices where the transferred backbone beats *t*'s untuned
+one on the same images. The diagonal is *t*'s own model. Transfer results live in the run's
+``cross_subject/`` folder, laid out like the run itself.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from cortexcl.atomic import atomic_write_csv
+from cortexcl.data.rois import ROI_GROUPS
+from cortexcl.evaluation.transfer import matched_baseline, split_transfer
+from cortexcl.study.store import RunDirectory
+
+CROSS_SUBJECT = "cross_subject"
+BASELINE = "untuned"
+GROUPS = ("early", "higher")
+
+
+def roi_group(roi: str) -> str:
+    """``early``, ``higher`` or ``other`` (streams ROIs, whole hemisphere)."""
+    return next((group for group in GROUPS if roi in ROI_GROUPS[group]), "other")
+
+
+def _entry(summary_file: Path, baseline_dir: Path, model: str) -> dict | None:
+    summary = json.loads(summary_file.read_text())
+    r = np.load(summary_file.with_name("voxel_r.npy"))
+    baseline = matched_baseline(summary_file.parent, BASELINE, baseline_dir)
+    if baseline is None:
+        return None
+    method, _ = split_transfer(summary["method"])
+    return {"hemisphere": summary["hemisphere"], "roi": summary["roi"],
+            "group": roi_group(summary["roi"]), "method": method, "model_subject": model,
+            "target_subject": summary["subject"], "n_vertices": summary["n_vertices"],
+            "mean_r": float(np.mean(r)), "mean_r_untuned": float(np.mean(baseline)),
+            "fraction_improved": float(np.mean(r > baseline)),
+            "n_test": summary["n_test"], "n_test_dropped": summary.get("n_test_dropped", 0)}
+
+
+def cross_subject_table(run: RunDirectory, methods: tuple[str, ...] = ("cl",)) -> pd.DataFrame:
+    """One row per (method, hemisphere, ROI, model subject, target subject), diagonal included.
+
+    Columns: hemisphere, roi, group, method, model_subject, target_subject, n_vertices, mean_r
+    (R), mean_r_untuned (the target's untuned backbone on the same test images),
+    fraction_improved (I), n_test, n_test_dropped.
+    """
+    rows = []
+    transfer = RunDirectory(run.root / CROSS_SUBJECT)
+    for summary_file in sorted(transfer.path("encoding").glob("*/*/*/*/summary.json")):
+        method, source = split_transfer(summary_file.parent.name)
+        target, hemisphere, roi = summary_file.parts[-5:-2]
+        if method in methods and source is not None:
+            rows.append(_entry(summary_file, run.encoding_dir(target, hemisphere, roi, BASELINE),
+                               source))
+    for method in methods:
+        for summary_file in sorted(run.path("encoding").glob(f"*/*/*/{method}/summary.json")):
+            target, hemisphere, roi = summary_file.parts[-5:-2]
+            rows.append(_entry(summary_file, run.encoding_dir(target, hemisphere, roi, BASELINE),
+                               target))
+    table = pd.DataFrame([row for row in rows if row is not None])
+    if table.empty:
+        return table
+    return table.sort_values(["method", "hemisphere", "roi", "model_subject", "target_subject"],
+                             ignore_index=True)
+
+
+def group_matrices(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean I and R over a group's hemisphere × ROI entries, per (model, target) pair.
+
+    Groups: early, higher, and ``all`` (every entry). Columns: method, group, model_subject,
+    target_subject, fraction_improved, mean_r, n_entries.
+    """
+    frames = []
+    for group in (*GROUPS, "all"):
+        part = table if group == "all" else table[table["group"] == group]
+        if part.empty:
+            continue
+        means = (part.groupby(["method", "model_subject", "target_subject"])
+                 .agg(fraction_improved=("fraction_improved", "mean"),
+                      mean_r=("mean_r", "mean"), n_entries=("roi", "size")).reset_index())
+        means.insert(1, "group", group)
+        frames.append(means)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def pooled_vs_cross(cross: pd.DataFrame, encoding: pd.DataFrame,
+                    exclude: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Per (target, hemisphere, ROI, pooled method): the other subjects' models vs the pooled one.
+
+    Parameters
+    ----------
+    cross : DataFrame
+        `cross_subject_table` (CL rows).
+    encoding : DataFrame
+        The run's ``encoding.csv`` table (holds ``pct_improved_vs_untuned`` of the pooled
+        methods, scored on the same test images as the untuned backbone).
+    exclude : tuple of str
+        Entries ``"<hemisphere>:<roi>"`` to leave out (none by default; METHOD.md §3.6).
+
+    Returns
+    -------
+    DataFrame
+        Columns subject, hemisphere, roi, group, method, cross_pct (x = 100 · mean over
+        m ≠ t of I[m, t]), pooled_pct (y = % of vertices where the pooled backbone beats the
+        untuned one), n_models.
+    """
+    others = cross[(cross["method"] == "cl")
+                   & (cross["model_subject"] != cross["target_subject"])]
+    if others.empty:
+        return pd.DataFrame()
+    x = (others.groupby(["target_subject", "hemisphere", "roi"])["fraction_improved"]
+         .agg(["mean", "size"]).reset_index())
+    pooled = encoding[encoding["method"].str.startswith("pooled")]
+    merged = x.merge(pooled, left_on=["target_subject", "hemisphere", "roi"],
+                     right_on=["subject", "hemisphere", "roi"])
+    merged = merged[~(merged["hemisphere"] + ":" + merged["roi"]).isin(exclude)]
+    return pd.DataFrame({
+        "subject": merged["subject"], "hemisphere": merged["hemisphere"],
+        "roi": merged["roi"], "group": merged["roi"].map(roi_group),
+        "method": merged["method"], "cross_pct": 100.0 * merged["mean"],
+        "pooled_pct": merged["pct_improved_vs_untuned"], "n_models": merged["size"],
+    }).reset_index(drop=True)
+
+
+def pooled_vs_cross_tests(points: pd.DataFrame) -> pd.DataFrame:
+    """Paired tests of pooled_pct − cross_pct over entries, per pooled method and group.
+
+    Columns: method, group, n_entries, mean_difference (percentage points), p_wilcoxon,
+    p_t (two-sided; NaN with fewer than two entries or no variation).
+    """
+    rows = []
+    for method, part in points.groupby("method"):
+        for group in (*GROUPS, "all"):
+            entries = part if group == "all" else part[part["group"] == group]
+            if entries.empty:
+                continue
+            difference = (entries["pooled_pct"] - entries["cross_pct"]).to_numpy()
+            testable = difference.size >= 2 and not np.allclose(difference, difference[0])
+            rows.append({
+                "method": method, "group": group, "n_entries": difference.size,
+                "mean_difference": float(difference.mean()),
+                "p_wilcoxon": float(stats.wilcoxon(difference).pvalue) if testable else np.nan,
+                "p_t": float(stats.ttest_1samp(difference, 0.0).pvalue) if testable else np.nan,
+            })
+    return pd.DataFrame(rows)
+
+
+def write_cross_subject_tables(run: RunDirectory, encoding: pd.DataFrame, pooled: bool = False,
+                               exclude: tuple[str, ...] = ()) -> None:
+    """Write ``tables/cross_subject.csv`` and ``cross_subject_groups.csv``; with ``pooled``,
+    also ``pooled_vs_cross.csv`` (the scatter's points) and ``pooled_vs_cross_tests.csv``."""
+    cross = cross_subject_table(run)
+    if cross.empty:
+        return
+    atomic_write_csv(run.path("tables", "cross_subject.csv"), cross)
+    atomic_write_csv(run.path("tables", "cross_subject_groups.csv"), group_matrices(cross))
+    points = pooled_vs_cross(cross, encoding, exclude) if pooled and not encoding.empty else None
+    if points is not None and not points.empty:
+        atomic_write_csv(run.path("tables", "pooled_vs_cross.csv"), points)
+        atomic_write_csv(run.path("tables", "pooled_vs_cross_tests.csv"),
+                         pooled_vs_cross_tests(points))

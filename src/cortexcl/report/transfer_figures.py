@@ -1,0 +1,100 @@
+"""Figures of the transfer evaluations: cross-subject matrices and pooled vs cross-subject."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cortexcl.report.figures import ReportFigure, RunResults, save_figure
+
+GROUP_COLORS = {"early": "#1f77b4", "higher": "#d62728", "other": "#7f7f7f"}
+
+
+def _read(results: RunResults, name: str) -> pd.DataFrame | None:
+    path = results.path("tables", name)
+    if not path.is_file():
+        return None
+    table = pd.read_csv(path)
+    return None if table.empty else table
+
+
+def cross_subject_heatmaps(results: RunResults, out_dir: Path) -> ReportFigure | None:
+    """Annotated model × target matrices of I (fraction of vertices improved), one per group."""
+    import matplotlib.pyplot as plt
+
+    table = _read(results, "cross_subject_groups.csv")
+    if table is None:
+        return None
+    table = table[table["method"] == "cl"]
+    groups = [g for g in ("early", "higher", "all") if g in set(table["group"])]
+    subjects = sorted(set(table["model_subject"]) | set(table["target_subject"]))
+    n = len(subjects)
+    fig, axes = plt.subplots(1, len(groups), figsize=(1.0 + 0.75 * n * len(groups) + 1.2,
+                                                      1.2 + 0.65 * n), squeeze=False)
+    image = None
+    for ax, group in zip(axes[0], groups, strict=True):
+        part = table[table["group"] == group]
+        matrix = (part.pivot(index="model_subject", columns="target_subject",
+                             values="fraction_improved").reindex(index=subjects,
+                                                                 columns=subjects))
+        image = ax.imshow(matrix.to_numpy(), cmap="RdBu_r", vmin=0.0, vmax=1.0)
+        for (i, j), value in np.ndenumerate(matrix.to_numpy()):
+            if np.isfinite(value):
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8)
+        labels = [s.removeprefix("subj") for s in subjects]
+        ax.set_xticks(range(n), labels)
+        ax.set_yticks(range(n), labels)
+        ax.set_xlabel("target subject")
+        if ax is axes[0][0]:
+            ax.set_ylabel("model subject")
+        ax.set_title(f"{group} ROIs ({int(part['n_entries'].max())} hemi × ROI)")
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="fraction of vertices improved")
+    path = save_figure(fig, out_dir / "cross_subject.png")
+    plt.close(fig)
+    return ReportFigure(
+        "cross_subject", path, "Cross-subject transfer",
+        "I[m, t]: the fraction of target t's vertices where the CL backbone tuned on model "
+        "subject m beats t's untuned backbone (both scored on t's test images, without the "
+        "images that tuned the model), averaged over the group's hemisphere × ROI entries. "
+        "The diagonal is each subject's own model; 0.5 means no change.")
+
+
+def pooled_vs_cross_scatter(results: RunResults, out_dir: Path) -> ReportFigure | None:
+    """One point per (target, hemisphere, ROI): cross-subject (x) vs pooled (y) improvement."""
+    import matplotlib.pyplot as plt
+
+    points = _read(results, "pooled_vs_cross.csv")
+    if points is None:
+        return None
+    tests = _read(results, "pooled_vs_cross_tests.csv")
+    methods = sorted(points["method"].unique())
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 4.0), squeeze=False)
+    for ax, method in zip(axes[0], methods, strict=True):
+        part = points[points["method"] == method]
+        for group, members in part.groupby("group"):
+            ax.scatter(members["cross_pct"], members["pooled_pct"], s=22, label=group,
+                       color=GROUP_COLORS.get(group, "#7f7f7f"), alpha=0.8)
+        ax.plot([0, 100], [0, 100], color="#999", linewidth=0.8, linestyle="--")
+        ax.set_xlim(0, 100)
+        ax.set_ylim(0, 100)
+        ax.set_xlabel("other subjects' CL models: % vertices improved")
+        ax.set_ylabel(f"{method}: % vertices improved")
+        title = method
+        if tests is not None:
+            row = tests[(tests["method"] == method) & (tests["group"] == "all")]
+            if not row.empty:
+                title += f"  (Δ {row.iloc[0]['mean_difference']:+.1f} pp, " \
+                         f"Wilcoxon p {row.iloc[0]['p_wilcoxon']:.2g})"
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=8, loc="lower right")
+    path = save_figure(fig, out_dir / "pooled_vs_cross.png")
+    plt.close(fig)
+    return ReportFigure(
+        "pooled_vs_cross", path, "Pooled vs cross-subject backbones",
+        "One point per target subject × hemisphere × ROI: x = mean over the other subjects' "
+        "CL models of the % of vertices improved over the untuned backbone, y = the same for "
+        "the pooled model. Points above the diagonal favour pooling; the title gives the mean "
+        "difference and the paired Wilcoxon p over all entries "
+        "(tables/pooled_vs_cross_tests.csv has the tests per ROI group).")
