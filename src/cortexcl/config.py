@@ -115,6 +115,35 @@ class EncodingConfig(_Strict):
     batch_size: int = Field(64, ge=1)
 
 
+class NODSimulationConfig(_Strict):
+    """A simulated NOD dataset (``cortexcl.data.simulate.nod``), written once into the cache."""
+
+    n_sessions: int = Field(4, ge=1)
+    n_runs: int = Field(10, ge=1)
+    trials_per_run: int = Field(100, ge=2)
+    image_size: int = Field(128, ge=16)
+    vertices_per_roi: int = Field(60, ge=1)
+    seed: int = 0
+
+
+class NODTransferConfig(_Strict):
+    """NSD backbones encode the Natural Object Dataset's V1-V4 (METHOD.md §4)."""
+
+    root: Path | None = Field(None, description="ds004496 root; null = a simulated NOD")
+    simulate: NODSimulationConfig = NODSimulationConfig()
+    subjects: list[int] = Field(default_factory=lambda: [1], min_length=1)
+    sessions: list[int] = Field(default_factory=lambda: [1, 2, 3, 4], min_length=1,
+                                description="ImageNet sessions of a real root (a simulated NOD "
+                                            "uses all its sessions)")
+    top_k: int | None = Field(50, ge=1, description="vertices per area by pRF R²; null = all")
+    normalization: Literal["run", "block"] = Field(
+        "run", description="run: z-score each vertex per run; block: the published whole-run "
+                           "z-score")
+    stream: Literal["ventral", "dorsal"] = Field(
+        "ventral", description="NSD V1-V3 models used for NOD V1-V3: V1v… or V1d…")
+    methods: list[Method] = Field(default_factory=lambda: ["untuned", "cl"], min_length=1)
+
+
 class EvaluationConfig(_Strict):
     """Evaluations run after encoding."""
 
@@ -126,6 +155,7 @@ class EvaluationConfig(_Strict):
                                                      "backbones (needs cross_subject)")
     pooled_vs_cross_exclude: list[str] = Field(
         default_factory=list, description="entries left out of the comparison, 'lh:FBA-2'")
+    nod_transfer: NODTransferConfig | None = None
 
 
 class RayConfig(_Strict):
@@ -197,6 +227,10 @@ class StudyConfig(_Strict):
                 evaluation.cross_subject and methods & {"pooled-avg", "pooled-const"}):
             raise ValueError("evaluation.pooled_vs_cross needs cross_subject and a pooled "
                              "method (pooled-avg or pooled-const)")
+        if evaluation.nod_transfer and not set(evaluation.nod_transfer.methods) <= methods:
+            missing = sorted(set(evaluation.nod_transfer.methods) - methods)
+            raise ValueError(f"evaluation.nod_transfer.methods: {', '.join(missing)} not among "
+                             f"the study's methods")
         return self
 
     def digest(self, *sections: str) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from cortexcl.data.rois import (
     ROI_NAMES,
     WHOLE_HEMISPHERE,
     check_hemisphere,
+    expand_rois,
     load_roi_mapping,
     read_fsaverage_index,
     read_roi_labels,
@@ -69,15 +71,33 @@ def _require_dir(path: Path, what: str) -> Path:
 
 
 def _training_images(folder: Path) -> tuple[list[Path], np.ndarray]:
-    paths = sorted(folder.glob("*.png"))
-    if not paths:
+    """The training images in row order (by their number), and their NSD ids.
+
+    Image ``train-NNNN`` is row NNNN - 1 of the fMRI arrays, so the numbers must run from 1 to
+    the number of images without a gap or a repeat.
+    """
+    found = sorted(folder.glob("*.png"))
+    if not found:
         raise InputError(f"{folder}: no training images (*.png)")
-    ids = []
-    for path in paths:
+    numbered = []
+    for path in found:
         match = _IMAGE_NAME.match(path.name)
         if match is None:
             raise InputError(f"{path}: bad image file name (expected train-NNNN_nsd-NNNNN.png)")
-        ids.append(int(match.group(2)))
+        if not path.is_file():
+            raise InputError(f"{path}: not a file")
+        numbered.append((int(match.group(1)), int(match.group(2)), path))
+    numbered.sort(key=lambda entry: entry[0])
+    for row, (number, _, _) in enumerate(numbered):
+        if number != row + 1:
+            problem = (f"train-{number:04d} appears more than once" if row and
+                       numbered[row - 1][0] == number else f"train-{row + 1:04d} is missing")
+            raise InputError(
+                f"{folder}: image numbers must run from 1 to {len(numbered)}, one per fMRI row, "
+                f"but {problem}"
+            )
+    paths = [path for _, _, path in numbered]
+    ids = [nsd for _, nsd, _ in numbered]
     image_ids = np.asarray(ids, dtype=np.int64)
     unique, counts = np.unique(image_ids, return_counts=True)
     if np.any(counts > 1):
@@ -161,6 +181,10 @@ class Subject:
     def __repr__(self) -> str:
         sizes = ", ".join(f"{h} {n}" for h, n in self._n_vertices.items())
         return f"Subject({self.name}, {self.n_images} images, vertices {sizes}, root={self.root})"
+
+    def expand_rois(self, rois: str | Sequence[str]) -> list[str]:
+        """ROI names of this dataset for names and groups (see `cortexcl.data.rois.expand_rois`)."""
+        return expand_rois(rois)
 
     def n_vertices(self, hemisphere: str) -> int:
         """Number of challenge-space vertices (fMRI columns) of a hemisphere."""
@@ -337,7 +361,8 @@ def load_subject(
         is not 2-D floating point, holds non-finite values, or its row count differs from the
         number of images or from the other hemisphere's; a mask's length differs from the fMRI
         columns; the all-vertices mask marks a different number of vertices; image names are
-        malformed or repeat an NSD id; or a mapping file is not a plain label mapping.
+        malformed, not numbered 1 to the number of images, or repeat an NSD id; or a
+        mapping file is not a plain label mapping.
     """
     name = subject_name(subject)
     root = _require_dir(Path(data_root) / name, "subject")

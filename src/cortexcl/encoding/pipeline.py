@@ -13,7 +13,7 @@ import torch
 
 from cortexcl.atomic import atomic_save_npy, atomic_write_json, atomic_write_text
 from cortexcl.data.algonauts import Subject
-from cortexcl.data.rois import HEMISPHERES, WHOLE_HEMISPHERE, expand_rois
+from cortexcl.data.rois import HEMISPHERES, WHOLE_HEMISPHERE
 from cortexcl.data.splits import Split, make_splits
 from cortexcl.encoding.features import extract_features
 from cortexcl.encoding.model import ALPHAS, EncodingModel, PCACache
@@ -95,7 +95,8 @@ def encode_subject(
     Parameters
     ----------
     subject : Subject
-        The subject to encode.
+        The subject to encode (an Algonauts `Subject`, or any reader's subject with the same
+        interface, e.g. `cortexcl.data.nod.NODSubject`).
     run : RunDirectory
         Where the results go: ``encoding/<subject>/<hemi>/<roi>/<method>/``.
     hemispheres : sequence of {"lh", "rh"}
@@ -133,7 +134,7 @@ def encode_subject(
     for hemisphere in hemispheres:
         if hemisphere not in HEMISPHERES:
             raise InputError(f"--hemisphere: unknown hemisphere {hemisphere!r}; use lh or rh")
-    roi_names = expand_rois(rois)
+    roi_names = subject.expand_rois(rois)
     split = record_split(run, subject, seed, protocol)
     n_dropped = 0
     if exclude_test_ids is not None:

@@ -55,8 +55,7 @@ def cross_subject_table(run: RunDirectory, methods: tuple[str, ...] = ("cl",)) -
     fraction_improved (I), n_test, n_test_dropped.
     """
     rows = []
-    transfer = RunDirectory(run.root / CROSS_SUBJECT)
-    for summary_file in sorted(transfer.path("encoding").glob("*/*/*/*/summary.json")):
+    for summary_file in sorted(run.path(CROSS_SUBJECT, "encoding").glob("*/*/*/*/summary.json")):
         method, source = split_transfer(summary_file.parent.name)
         target, hemisphere, roi = summary_file.parts[-5:-2]
         if method in methods and source is not None:

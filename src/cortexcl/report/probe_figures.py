@@ -17,8 +17,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
+from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from cortexcl.data.algonauts import subject_name
 from cortexcl.data.rois import HEMISPHERES, ROI_NAMES, roi_class
@@ -210,20 +212,25 @@ def landscape_scatter(
     fig = Figure(figsize=(7.2, 5.6))
     ax = fig.add_subplot()
     names = ordered(frame["group"].unique(), GROUP_ORDER)
+    handles = []
     for i, group in enumerate(names):
         part = frame[frame["group"] == group]
         marker = "*" if group == "Oracle" else _MARKERS[i % len(_MARKERS)]
         colors = [cmap(norm(a)) if np.isfinite(a) else "black" for a in part["accuracy"]]
         ax.scatter(part["c1"], part["c2"], c=colors, marker=marker, s=110 if marker == "*" else 36,
-                   edgecolors="black", linewidths=0.4, label=f"{group} ({len(part)})")
+                   edgecolors="black", linewidths=0.4)
+        handles.append(Line2D([], [], marker=marker, linestyle="", markeredgecolor="black",
+                              markerfacecolor="black" if group == "Oracle" else "#d0d0d0",
+                              label=f"{group} ({len(part)})"))
         if group_means:
             x, y = part["c1"].mean(), part["c2"].mean()
             ax.scatter([x], [y], marker=marker, s=190, facecolors="none", edgecolors="black",
                        linewidths=1.6)
             ax.annotate(group, (x, y), xytext=(5, 5), textcoords="offset points", fontsize=8,
                         fontweight="bold")
-    fig.colorbar(ax.scatter([], [], c=[], cmap=cmap, norm=norm), ax=ax, label="accuracy")
-    ax.legend(fontsize=7, loc="best", framealpha=0.8, title="group (models)", title_fontsize=7)
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="accuracy")
+    ax.legend(handles=handles, fontsize=7, loc="best", framealpha=0.8, title="group (models)",
+              title_fontsize=7)
     ax.set_xlabel(_axis_label(embedding, 0))
     ax.set_ylabel(_axis_label(embedding, 1))
     ax.set_title(title or _title(embedding), fontsize=10)

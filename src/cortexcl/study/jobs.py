@@ -20,8 +20,10 @@ from typing import Any
 from pydantic import BaseModel
 
 from cortexcl.atomic import atomic_write_json
-from cortexcl.config import StudyConfig
+from cortexcl.config import NODTransferConfig, StudyConfig
 from cortexcl.data.algonauts import subject_name
+from cortexcl.data.nod import NOD_ROIS, nod_subject_name
+from cortexcl.evaluation.nod_transfer import nsd_counterpart
 from cortexcl.evaluation.transfer import transfer_method
 
 DONE = "done.json"
@@ -37,8 +39,8 @@ class Job:
     Attributes
     ----------
     kind : str
-        ``tune``, ``tune-pooled``, ``encode``, ``cross`` (a backbone encodes another subject)
-        or ``aggregate``.
+        ``tune``, ``tune-pooled``, ``encode``, ``cross`` (a backbone encodes another subject),
+        ``nod`` (a backbone encodes a NOD subject) or ``aggregate``.
     method : str
         Backbone method (``untuned``, ``cl``, ``rt``, ``pooled-avg``, ``pooled-const``), or
         ``<method>-from-<subject>`` for a backbone tuned on another subject.
@@ -107,7 +109,7 @@ def _recorded_settings(record: Path) -> str | None:
         return ""
 
 
-def _digest(*parts: Any) -> str:
+def settings_digest(*parts: Any) -> str:
     """Short hash of configuration parts (pydantic sections or plain JSON values)."""
     data = [part.model_dump(mode="json") if isinstance(part, BaseModel) else part
             for part in parts]
@@ -137,7 +139,7 @@ def plan_jobs(config: StudyConfig, roi_sizes: Callable[[str, str, str], int]) ->
     common = config.digest("data", "seed", "weights")
     encoding = config.digest("data", "seed", "weights", "selection", "encoding")
     # The MI bound, computed by contrastive encodes.
-    evaluation = _digest(config.evaluation.mutual_info, config.evaluation.temperature_scan)
+    evaluation = settings_digest(config.evaluation.mutual_info, config.evaluation.temperature_scan)
     jobs: list[Job] = []
     encodes: list[Job] = []
     untuned: dict[str, str] = {}
@@ -146,8 +148,9 @@ def plan_jobs(config: StudyConfig, roi_sizes: Callable[[str, str, str], int]) ->
             encodes.append(Job("encode", "untuned", subject, settings=encoding))
             untuned[subject] = encodes[-1].key
     tunes: dict[tuple[str, str, str, str], Job] = {}
+    pooled_tunes: dict[tuple[str, str, str, str], Job] = {}
     for method in (m for m in config.methods if m in TUNED_METHODS):
-        tuning = _digest(getattr(config.tuning, method))
+        tuning = settings_digest(getattr(config.tuning, method))
         scored = f"{encoding}-{tuning}" + (f"-{evaluation}" if method == "cl" else "")
         for subject in subjects:
             for hemisphere in hemispheres:
@@ -170,7 +173,7 @@ def plan_jobs(config: StudyConfig, roi_sizes: Callable[[str, str, str], int]) ->
     for method in (m for m in config.methods if m in POOLED_METHODS):
         # The members depend on min_vertices; the "const" hidden size on every selected ROI.
         selection = config.selection if method == "pooled-const" else minimum
-        tuning = _digest(config.tuning.pooled, selection)
+        tuning = settings_digest(config.tuning.pooled, selection)
         for hemisphere in hemispheres:
             for roi in rois:
                 members = [s for s in subjects if roi_sizes(s, hemisphere, roi) >= minimum]
@@ -179,6 +182,7 @@ def plan_jobs(config: StudyConfig, roi_sizes: Callable[[str, str, str], int]) ->
                 tune = Job("tune-pooled", method, "pooled", hemisphere, roi,
                            settings=f"{common}-{tuning}")
                 jobs.append(tune)
+                pooled_tunes[method, "pooled", hemisphere, roi] = tune
                 # Scored on the test images no member tuned with, against baselines
                 # re-scored on the same images: those baselines come first.
                 encodes.extend(Job("encode", method, subject, hemisphere, roi,
@@ -193,9 +197,29 @@ def plan_jobs(config: StudyConfig, roi_sizes: Callable[[str, str, str], int]) ->
                         "cross", transfer_method(method, model), target, hemisphere, roi,
                         depends_on=(tune.key, untuned[target]),
                         settings=f"{encoding}-{tune.settings}"))
+    if config.evaluation.nod_transfer is not None:
+        encodes.extend(_nod_jobs(config.evaluation.nod_transfer, {**tunes, **pooled_tunes},
+                                 encoding))
     jobs.extend(encodes)
     # Every section but how the jobs run (executor, device), which changes no result.
     results = [name for name in StudyConfig.model_fields if name != "execution"]
     jobs.append(Job("aggregate", "all", "all", depends_on=tuple(job.key for job in encodes),
                     settings=config.digest(*results)))
+    return jobs
+
+
+def _nod_jobs(nod: NODTransferConfig, tunes: dict[tuple[str, str, str, str], Job],
+              encoding: str) -> list[Job]:
+    """NOD encodes: the untuned backbone, and every tuned NSD backbone of a counterpart ROI."""
+    settings = f"{encoding}-{settings_digest(nod)}"
+    jobs = []
+    for subject in map(nod_subject_name, nod.subjects):
+        if "untuned" in nod.methods:
+            jobs.append(Job("nod", "untuned", subject, settings=settings))
+        for (method, source, hemisphere, roi), tune in tunes.items():
+            if method not in nod.methods:
+                continue
+            jobs.extend(Job("nod", transfer_method(method, source), subject, hemisphere, area,
+                            depends_on=(tune.key,), settings=f"{settings}-{tune.settings}")
+                        for area in NOD_ROIS if nsd_counterpart(area, nod.stream) == roi)
     return jobs

@@ -12,9 +12,10 @@ import torch
 from safetensors.torch import load_file
 
 from cortexcl.atomic import atomic_write_csv, atomic_write_json
-from cortexcl.config import StudyConfig
+from cortexcl.config import NODTransferConfig, StudyConfig
 from cortexcl.data.algonauts import Subject, load_subject, subject_name
 from cortexcl.data.images import default_cache_dir
+from cortexcl.data.nod import NODSubject, load_nod_subject, nod_subject_name
 from cortexcl.data.rois import WHOLE_HEMISPHERE
 from cortexcl.data.splits import Split
 from cortexcl.encoding.pipeline import encode_subject, record_split
@@ -25,6 +26,7 @@ from cortexcl.evaluation.mutual_info import (
     infonce_bound,
     select_temperature_on_val,
 )
+from cortexcl.evaluation.nod_transfer import NOD, nsd_counterpart, write_nod_tables
 from cortexcl.evaluation.single_subject import write_tables
 from cortexcl.evaluation.transfer import split_transfer, train_image_ids, write_matched_baselines
 from cortexcl.models import TUNING_METHODS
@@ -32,7 +34,7 @@ from cortexcl.models.backbones import load_alexnet, resolve_device
 from cortexcl.models.heads import check_roi_size, check_roi_sizes
 from cortexcl.report import build_report
 from cortexcl.study.executors import ExecutionReport, make_executor
-from cortexcl.study.jobs import Job, plan_jobs
+from cortexcl.study.jobs import Job, settings_digest, plan_jobs
 from cortexcl.study.store import RunDirectory
 from cortexcl.tuning.checkpoints import BACKBONE, load_heads, save_tuned
 from cortexcl.tuning.trainer import CHECKPOINT, TrainingSet, TrainSettings, train
@@ -65,6 +67,17 @@ class StudyContext:
                                                       self.config.encoding.protocol)
         return self._splits[subject.name]
 
+    def nod_subject(self, name: str) -> NODSubject:
+        """The NOD subject ``name`` (``sub-XX``), loaded once (``evaluation.nod_transfer``)."""
+        if name not in self._subjects:
+            nod = self.config.evaluation.nod_transfer
+            sessions = nod.sessions if nod.root else range(1, nod.simulate.n_sessions + 1)
+            self._subjects[name] = load_nod_subject(
+                prepare_nod_data(nod, self.progress), name, image_size=self.config.data.image_size,
+                top_k=nod.top_k, normalization=nod.normalization, sessions=sessions,
+                progress=self.progress)
+        return self._subjects[name]
+
     def roi_size(self, subject: str, hemisphere: str, roi: str) -> int:
         """Number of vertices of an ROI (the whole hemisphere for ``all``)."""
         data = self.subject(subject)
@@ -87,6 +100,23 @@ def prepare_data(config: StudyConfig, progress: bool = True) -> Path:
                              n_test_images=sim.n_test_images, image_size=sim.image_size,
                              roi_scale=sim.roi_scale, reference_subject=sim.reference_subject,
                              seed=sim.seed + 1000 * number, progress=progress)
+    return root
+
+
+def prepare_nod_data(nod: NODTransferConfig, progress: bool = True) -> Path:
+    """The NOD root of a study: ``nod_transfer.root``, or the cached simulation it describes."""
+    if nod.root is not None:
+        return nod.root
+    from cortexcl.data.simulate.nod import simulate_nod_subject
+
+    sim = nod.simulate
+    root = default_cache_dir() / "simulated-nod" / settings_digest(sim)
+    for number in nod.subjects:
+        if not (root / nod_subject_name(number)).is_dir():
+            simulate_nod_subject(root, number, n_sessions=sim.n_sessions, n_runs=sim.n_runs,
+                                 trials_per_run=sim.trials_per_run, image_size=sim.image_size,
+                                 vertices_per_roi=sim.vertices_per_roi,
+                                 seed=sim.seed + 1000 * number, progress=progress)
     return root
 
 
@@ -182,7 +212,7 @@ class JobRunner:
 
 def run_job(job: Job, context: StudyContext) -> None:
     """Execute one job (dispatch on its kind)."""
-    {"tune": _tune, "tune-pooled": _tune, "encode": _encode, "cross": _cross,
+    {"tune": _tune, "tune-pooled": _tune, "encode": _encode, "cross": _cross, "nod": _nod,
      "aggregate": _aggregate}[job.kind](job, context)
 
 
@@ -280,6 +310,22 @@ def _cross(job: Job, context: StudyContext) -> None:
     _write_matched(context, transfer, subject, job, job.method, ("untuned",))
 
 
+def _nod(job: Job, context: StudyContext) -> None:
+    """An NSD backbone (or the untuned one) encodes a NOD subject's V1-V4 (METHOD.md §4)."""
+    nod = context.config.evaluation.nod_transfer
+    subject = context.nod_subject(job.subject)
+    if job.method == "untuned":
+        weights, hemispheres, rois = context.config.weights, \
+            context.config.selection.hemispheres, list(subject.rois)
+    else:
+        method, source = split_transfer(job.method)
+        weights = _tuned_backbone(context, method, source, job.hemisphere,
+                                  nsd_counterpart(job.roi, nod.stream))
+        hemispheres, rois = [job.hemisphere], [job.roi]
+    _encode_with(context, subject, RunDirectory(context.run.root / NOD), weights, job.method,
+                 hemispheres, rois, None)
+
+
 def _tuned_backbone(context: StudyContext, method: str, subject: str, hemisphere: str,
                     roi: str) -> Path:
     tuned_by = "pooled" if method.startswith("pooled") else subject
@@ -369,6 +415,8 @@ def _mutual_info(job: Job, context: StudyContext, model_dir: Path) -> None:
 def _aggregate(job: Job, context: StudyContext) -> None:
     encoding = write_tables(context.run, context.config)
     evaluation = context.config.evaluation
+    if evaluation.nod_transfer is not None:
+        write_nod_tables(context.run)
     if evaluation.cross_subject:
         write_cross_subject_tables(context.run, encoding, evaluation.pooled_vs_cross,
                                    tuple(evaluation.pooled_vs_cross_exclude))

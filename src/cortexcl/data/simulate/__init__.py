@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from cortexcl.data.simulate.nod import simulate_nod_subject
 from cortexcl.data.simulate.writer import simulate_subject
 
-__all__ = ["simulate_subject"]
+__all__ = ["simulate_nod_subject", "simulate_subject"]
