@@ -34,7 +34,7 @@ from cortexcl.models.backbones import load_alexnet, resolve_device
 from cortexcl.models.heads import check_roi_size, check_roi_sizes
 from cortexcl.report import build_report
 from cortexcl.study.executors import ExecutionReport, make_executor
-from cortexcl.study.jobs import Job, settings_digest, plan_jobs
+from cortexcl.study.jobs import Job, plan_jobs, settings_digest
 from cortexcl.study.store import RunDirectory
 from cortexcl.tuning.checkpoints import BACKBONE, load_heads, save_tuned
 from cortexcl.tuning.trainer import CHECKPOINT, TrainingSet, TrainSettings, train
