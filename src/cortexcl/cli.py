@@ -93,11 +93,17 @@ def run(
         "--out", "-o", help="Run directory; default runs/<name>.")] = None,
     dry_run: Annotated[bool, typer.Option(help="List the jobs and stop.")] = False,
     device: Device = None,
+    executor: Annotated[str | None, typer.Option(
+        help="serial, ray or slurm; default: the config's execution.executor.")] = None,
 ) -> None:
     """Run a study: tuning, encoding and evaluation jobs; finished jobs are skipped."""
-    from cortexcl.config import load_config
+    from cortexcl.config import load_config, parse_config
 
     study = load_config(config)
+    if executor is not None:
+        raw = study.model_dump(mode="json")
+        raw["execution"]["executor"] = executor
+        study = parse_config(raw, source="--executor")
     from cortexcl.study.runner import run_study
 
     out = out or Path("runs") / study.name

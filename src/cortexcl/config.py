@@ -24,7 +24,7 @@ Method = Literal["untuned", "cl", "rt", "pooled-avg", "pooled-const"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
 class SimulationConfig(_Strict):
@@ -144,6 +144,57 @@ class NODTransferConfig(_Strict):
     methods: list[Method] = Field(default_factory=lambda: ["untuned", "cl"], min_length=1)
 
 
+class ClassificationConfig(_Strict):
+    """Classification probes of every backbone (METHOD.md §5)."""
+
+    dataset: Literal["imagenet", "caltech256", "places365", "imagefolder", "fake",
+                     "simulated"] = Field(
+        "simulated", description="simulated: procedural scenes labelled by background type")
+    root: Path | None = Field(None, description="data set folder (not for fake / simulated)")
+    n_images: int = Field(600, ge=20, description="images of the simulated data set")
+    layer: str = "classifier.5"
+    probe: Literal["sklearn", "torch"] = "sklearn"
+    image_size: int = Field(224, ge=64, description="centre crop (after resizing to 256/224 ×)")
+    batch_size: int = Field(128, ge=1)
+    methods: list[Method] = Field(
+        default_factory=lambda: ["untuned", "cl", "rt", "pooled-avg", "pooled-const"],
+        min_length=1, description="backbones probed (those the study tunes)")
+
+    @field_validator("layer")
+    @classmethod
+    def _known_layer(cls, layer: str) -> str:
+        from cortexcl.models.backbones import CANDIDATE_LAYERS
+
+        if layer not in CANDIDATE_LAYERS:
+            raise ValueError(f"unknown layer {layer!r} (valid: {', '.join(CANDIDATE_LAYERS)})")
+        return layer
+
+
+class LandscapeConfig(_Strict):
+    """Model landscape from the probes' test probabilities (METHOD.md §6)."""
+
+    embedding: Literal["inpca", "mds-metric", "mds-classical"] = "inpca"
+
+
+class SaliencyConfig(_Strict):
+    """Salience maps and the flip-controlled lateralization index (METHOD.md §7.2)."""
+
+    attribution: Literal["gradcam", "saliency", "integrated_gradients"] = "gradcam"
+    methods: list[Method] = Field(default_factory=lambda: ["untuned", "cl"], min_length=1)
+    rois: list[str] = Field(default_factory=lambda: ["early"], min_length=1)
+    n_images: int | None = Field(256, ge=2, description="probe-test images used; null = all")
+    vertical: bool = Field(False, description="also the top/bottom index (vertical flip)")
+    batch_size: int = Field(32, ge=1)
+
+    @field_validator("rois")
+    @classmethod
+    def _known_rois(cls, rois: list[str]) -> list[str]:
+        try:
+            return expand_rois(rois)
+        except InputError as error:
+            raise ValueError(str(error)) from None
+
+
 class EvaluationConfig(_Strict):
     """Evaluations run after encoding."""
 
@@ -156,6 +207,9 @@ class EvaluationConfig(_Strict):
     pooled_vs_cross_exclude: list[str] = Field(
         default_factory=list, description="entries left out of the comparison, 'lh:FBA-2'")
     nod_transfer: NODTransferConfig | None = None
+    classification: ClassificationConfig | None = None
+    landscape: LandscapeConfig | None = None
+    saliency: SaliencyConfig | None = None
 
 
 class RayConfig(_Strict):
@@ -231,6 +285,9 @@ class StudyConfig(_Strict):
             missing = sorted(set(evaluation.nod_transfer.methods) - methods)
             raise ValueError(f"evaluation.nod_transfer.methods: {', '.join(missing)} not among "
                              f"the study's methods")
+        if (evaluation.landscape or evaluation.saliency) and not evaluation.classification:
+            raise ValueError("evaluation.landscape and evaluation.saliency need "
+                             "evaluation.classification (they use the probes)")
         return self
 
     def digest(self, *sections: str) -> str:

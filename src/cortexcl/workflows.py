@@ -11,8 +11,12 @@ import pandas as pd
 from cortexcl.config import load_config
 from cortexcl.data.algonauts import load_subject
 from cortexcl.data.rois import HEMISPHERES, expand_rois
+from cortexcl.data.splits import PROTOCOLS
+from cortexcl.encoding.model import REFITS
 from cortexcl.encoding.pipeline import TABLE_KEY, encode_subject
-from cortexcl.models.backbones import describe_weights
+from cortexcl.errors import InputError
+from cortexcl.models.backbones import describe_weights, load_alexnet, resolve_device
+from cortexcl.models.heads import check_roi_sizes
 from cortexcl.study.executors import ExecutionReport
 from cortexcl.study.jobs import Job
 from cortexcl.study.runner import run_study
@@ -50,12 +54,26 @@ def encode(
     -------
     pandas.DataFrame
         One row per encoded (hemisphere, ROI).
+
+    Raises
+    ------
+    InputError
+        On a bad option, weights file or dataset (every image is decoded), or when no requested
+        ROI has ``min_vertices`` vertices; all are checked before anything is written but the
+        run directory and its lock file.
     """
-    expand_rois(rois)  # an unknown ROI fails before any data is read
+    roi_names = expand_rois(rois)  # bad options fail before any data is read
+    check_encode_options(hemispheres, protocol=protocol, refit=refit, n_components=n_components,
+                         min_vertices=min_vertices, image_size=image_size,
+                         batch_size=batch_size, device=device)
     run = RunDirectory(out)
     with run.lock():
         data = load_subject(data_root, subject, image_size=image_size, cache_dir=cache_dir,
                             progress=progress)
+        check_roi_sizes({f"{h} {roi}": data.roi_indices(h, roi).size
+                         for h in hemispheres for roi in roi_names}, min_vertices, data.root)
+        load_alexnet(weights, seed=seed)  # a missing or damaged weights file fails here
+        data.images.array()  # and so does a damaged image: all are decoded (and cached) now
         if str(weights) == "none":
             announce(f"weights: {describe_weights(weights, seed=seed)} — an untrained network, "
                      "for tests and offline demos; recorded in every output")
@@ -95,6 +113,32 @@ def run_demo(out: str | Path = "cortexcl-demo", progress: bool = True,
              f"({', '.join(config.selection.hemispheres)}) of a simulated subject; "
              "settings in configs/demo.yaml")
     return run_study(config, out, progress=progress, announce=announce)
+
+
+def check_encode_options(hemispheres: Sequence[str], *, protocol: str, refit: str,
+                         n_components: int, min_vertices: int, image_size: int,
+                         batch_size: int, device: str | None) -> None:
+    """Refuse bad options of `encode` (named as on the command line) before any work.
+
+    Raises
+    ------
+    InputError
+        On an unknown hemisphere, protocol, refit or device, or a size below its minimum
+        (``image_size`` at least 64, the smallest input AlexNet's layers accept).
+    """
+    for hemisphere in hemispheres:
+        if hemisphere not in HEMISPHERES:
+            raise InputError(f"--hemisphere: unknown hemisphere {hemisphere!r} (valid: lh, rh)")
+    for option, value, valid in (("--protocol", protocol, PROTOCOLS), ("--refit", refit, REFITS)):
+        if value not in valid:
+            raise InputError(f"{option}: unknown value {value!r} (valid: {', '.join(valid)})")
+    for option, value, least in (("--n-components", n_components, 1),
+                                 ("--min-vertices", min_vertices, 1),
+                                 ("--image-size", image_size, 64),
+                                 ("--batch-size", batch_size, 1)):
+        if value < least:
+            raise InputError(f"{option}: expected at least {least}, got {value}")
+    resolve_device(device)
 
 
 def _as_list(value: str | Sequence[str]) -> list[str]:

@@ -48,11 +48,13 @@ class _DiskWriter:
         self.layers = tuple(layers)
         self.files: dict[str, tuple[str, BinaryIO]] = {}
 
-    def open(self, layer: str, n_columns: int) -> None:
+    def open(self, layer: str, n_columns: int | tuple[int, ...]) -> None:
+        """Start ``layer``'s file; ``n_columns`` may be a row shape, e.g. ``(H, W)``."""
         fd, tmp = tempfile.mkstemp(prefix=f".{layer}.", suffix=".tmp", dir=self.out_dir)
         handle = os.fdopen(fd, "wb")
+        row_shape = n_columns if isinstance(n_columns, tuple) else (n_columns,)
         header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)),
-                  "fortran_order": False, "shape": (self.n_rows, n_columns)}
+                  "fortran_order": False, "shape": (self.n_rows, *row_shape)}
         np.lib.format.write_array_header_1_0(handle, header)
         self.files[layer] = (tmp, handle)
 

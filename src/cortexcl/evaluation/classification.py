@@ -50,7 +50,8 @@ from cortexcl.models.backbones import CANDIDATE_LAYERS, resolve_device
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-DATASETS = ("imagenet", "caltech256", "places365", "imagefolder", "fake")
+DATASETS = ("imagenet", "caltech256", "places365", "imagefolder", "fake", "simulated")
+_SIMULATED_STREAM = 7919  # the simulated probe scenes' own random stream
 DEFAULT_LAYER = "classifier.5"
 TRAIN_FRACTION = 0.85
 PROBE_C = 1.0
@@ -202,7 +203,8 @@ def open_dataset(
         (or ``meta.bin``) is in ``root``, else an ImageFolder of ``root/val`` or ``root``;
         ``caltech256``: torchvision ``Caltech256`` (257 classes, clutter included);
         ``places365``: torchvision ``Places365(split="val", small=True)``;
-        ``imagefolder``: any ImageFolder; ``fake``: `fake_dataset` with its defaults.
+        ``imagefolder``: any ImageFolder; ``fake``: `fake_dataset` and ``simulated``:
+        `simulated_dataset`, with their defaults.
     root : path
         Folder of the data set (ignored for ``fake``).
     transform : callable, optional
@@ -219,6 +221,8 @@ def open_dataset(
     transform = probe_transform() if transform is None else transform
     if key == "fake":
         return fake_dataset(transform=transform)
+    if key == "simulated":
+        return simulated_dataset(transform=transform)
     if root is None:
         raise InputError(f"dataset {key}: a root folder is required")
     root = Path(root).expanduser().resolve()
@@ -246,6 +250,43 @@ def fake_dataset(
                              num_classes=n_classes, transform=transform, random_offset=seed)
     identity = f"fake:n={n_images}:classes={n_classes}:size={image_size}:seed={seed}"
     return ProbeDataset("fake", data, identity, repr(transform))
+
+
+def simulated_dataset(
+    n_images: int = 600,
+    image_size: int = 96,
+    seed: int = 0,
+    *,
+    transform: Callable | None = None,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> ProbeDataset:
+    """Simulated scenes labelled by background type (noise, texture, place): a learnable task.
+
+    The scenes (`cortexcl.data.simulate.stimuli.render_scene`) come from their own random
+    stream, so they are none of a simulated subject's images; image ``i`` is a pure function of
+    ``(seed, i)``. They are rendered once into an ImageFolder in the cache
+    (``<cache>/probe-scenes/…``, written atomically) and read from there. Used by studies on
+    simulated data, where no real data set is on disk.
+    """
+    from cortexcl.data.simulate.stimuli import BACKGROUNDS, render_scene
+
+    transform = probe_transform(64) if transform is None else transform
+    identity = f"simulated:n={n_images}:size={image_size}:seed={seed}"
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    folder = cache / "probe-scenes" / hashlib.sha256(identity.encode()).hexdigest()[:16]
+    if not folder.is_dir():
+        with atomic_directory(folder) as tmp:
+            for index in tqdm(range(n_images), desc="probe scenes", unit="img",
+                              disable=not progress):
+                image, annotation = render_scene(
+                    np.random.default_rng([seed, _SIMULATED_STREAM, index]), image_size)
+                label = BACKGROUNDS.index(annotation["background"])
+                target = tmp / f"{label}-{annotation['background']}" / f"{index:06d}.png"
+                target.parent.mkdir(exist_ok=True)
+                Image.fromarray(image).save(target)
+    data = datasets.ImageFolder(str(folder), transform=transform)
+    return ProbeDataset("simulated", data, identity, repr(transform))
 
 
 # --------------------------------------------------------------------------------------------

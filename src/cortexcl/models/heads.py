@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
 
 from torch import nn
 
@@ -40,6 +42,29 @@ def check_roi_size(n: int, minimum: int = MIN_ROI_VERTICES, what: str = "ROI") -
     """
     if n < minimum:
         raise InputError(f"{what}: {n} vertices, fewer than the minimum of {minimum}")
+
+
+def check_roi_sizes(sizes: Mapping[str, int], minimum: int, where: str | Path) -> None:
+    """Raise if no requested ROI reaches ``minimum`` vertices: there is nothing to encode.
+
+    Parameters
+    ----------
+    sizes : mapping of str to int
+        Vertices of every requested ROI, e.g. ``{"lh mTL-faces": 0, "lh V1v": 710}``.
+    minimum : int
+        Smallest size encoded; smaller ROIs are left out.
+    where : str or Path
+        The data the ROIs come from, named in the message.
+
+    Raises
+    ------
+    InputError
+        If every ROI of ``sizes`` is smaller than ``minimum``, or ``sizes`` is empty.
+    """
+    if not any(n >= minimum for n in sizes.values()):
+        listed = ", ".join(f"{name} {n}" for name, n in sizes.items())
+        raise InputError(f"{where}: nothing to encode, every requested ROI has fewer than "
+                         f"{minimum} vertices ({listed})")
 
 
 def head_dims(

@@ -40,7 +40,8 @@ class Job:
     ----------
     kind : str
         ``tune``, ``tune-pooled``, ``encode``, ``cross`` (a backbone encodes another subject),
-        ``nod`` (a backbone encodes a NOD subject) or ``aggregate``.
+        ``nod`` (a backbone encodes a NOD subject), ``probe`` (classification probe of a
+        backbone), ``landscape``, ``saliency`` or ``aggregate``.
     method : str
         Backbone method (``untuned``, ``cl``, ``rt``, ``pooled-avg``, ``pooled-const``), or
         ``<method>-from-<subject>`` for a backbone tuned on another subject.
@@ -197,6 +198,8 @@ def plan_jobs(config: StudyConfig, roi_sizes: Callable[[str, str, str], int]) ->
                         "cross", transfer_method(method, model), target, hemisphere, roi,
                         depends_on=(tune.key, untuned[target]),
                         settings=f"{encoding}-{tune.settings}"))
+    if config.evaluation.classification is not None:
+        encodes.extend(_probe_jobs(config, {**tunes, **pooled_tunes}, common))
     if config.evaluation.nod_transfer is not None:
         encodes.extend(_nod_jobs(config.evaluation.nod_transfer, {**tunes, **pooled_tunes},
                                  encoding))
@@ -222,4 +225,35 @@ def _nod_jobs(nod: NODTransferConfig, tunes: dict[tuple[str, str, str, str], Job
             jobs.extend(Job("nod", transfer_method(method, source), subject, hemisphere, area,
                             depends_on=(tune.key,), settings=f"{settings}-{tune.settings}")
                         for area in NOD_ROIS if nsd_counterpart(area, nod.stream) == roi)
+    return jobs
+
+
+def backbone_name(method: str, source: str, hemisphere: str, roi: str) -> str:
+    """Folder name of a backbone in evaluations: ``untuned`` or ``cl__subj01__lh__V1v``."""
+    return "untuned" if method == "untuned" else "__".join((method, source, hemisphere, roi))
+
+
+def _probe_jobs(config: StudyConfig, tunes: dict[tuple[str, str, str, str], Job],
+                common: str) -> list[Job]:
+    """Probe jobs per backbone, then the landscape and the saliency jobs that use the probes."""
+    evaluation = config.evaluation
+    probing = settings_digest(evaluation.classification, config.seed)
+    probes = []
+    if "untuned" in evaluation.classification.methods:
+        probes.append(Job("probe", "untuned", "all", settings=f"{probing}-{common}"))
+    probes.extend(Job("probe", method, source, hemisphere, roi, depends_on=(tune.key,),
+                      settings=f"{probing}-{tune.settings}")
+                  for (method, source, hemisphere, roi), tune in tunes.items()
+                  if method in evaluation.classification.methods)
+    jobs = list(probes)
+    if evaluation.landscape is not None:
+        jobs.append(Job("landscape", "all", "all", depends_on=tuple(p.key for p in probes),
+                        settings=settings_digest(evaluation.landscape,
+                                                 *(p.settings for p in probes))))
+    if evaluation.saliency is not None:
+        saliency = settings_digest(evaluation.saliency)
+        jobs.extend(Job("saliency", probe.method, probe.subject, probe.hemisphere, probe.roi,
+                        depends_on=(probe.key,), settings=f"{saliency}-{probe.settings}")
+                    for probe in probes if probe.method in evaluation.saliency.methods
+                    and (probe.method == "untuned" or probe.roi in evaluation.saliency.rois))
     return jobs

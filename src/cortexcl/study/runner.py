@@ -35,6 +35,12 @@ from cortexcl.models.heads import check_roi_size, check_roi_sizes
 from cortexcl.report import build_report
 from cortexcl.study.executors import ExecutionReport, make_executor
 from cortexcl.study.jobs import Job, plan_jobs, settings_digest
+from cortexcl.study.probe_jobs import (
+    run_landscape,
+    run_probe,
+    run_saliency,
+    write_probe_tables,
+)
 from cortexcl.study.store import RunDirectory
 from cortexcl.tuning.checkpoints import BACKBONE, load_heads, save_tuned
 from cortexcl.tuning.trainer import CHECKPOINT, TrainingSet, TrainSettings, train
@@ -213,7 +219,20 @@ class JobRunner:
 def run_job(job: Job, context: StudyContext) -> None:
     """Execute one job (dispatch on its kind)."""
     {"tune": _tune, "tune-pooled": _tune, "encode": _encode, "cross": _cross, "nod": _nod,
+     "probe": _probe, "landscape": _landscape, "saliency": _saliency,
      "aggregate": _aggregate}[job.kind](job, context)
+
+
+def _probe(job: Job, context: StudyContext) -> None:
+    run_probe(job, context.run, context.config, context.device, context.progress)
+
+
+def _landscape(job: Job, context: StudyContext) -> None:
+    run_landscape(context.run, context.config)
+
+
+def _saliency(job: Job, context: StudyContext) -> None:
+    run_saliency(job, context.run, context.config, context.device, context.progress)
 
 
 def job_seed(seed: int, key: str) -> int:
@@ -417,6 +436,8 @@ def _aggregate(job: Job, context: StudyContext) -> None:
     evaluation = context.config.evaluation
     if evaluation.nod_transfer is not None:
         write_nod_tables(context.run)
+    if evaluation.classification is not None:
+        write_probe_tables(context.run)
     if evaluation.cross_subject:
         write_cross_subject_tables(context.run, encoding, evaluation.pooled_vs_cross,
                                    tuple(evaluation.pooled_vs_cross_exclude))

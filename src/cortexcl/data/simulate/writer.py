@@ -176,6 +176,17 @@ def _write_responses(
     del signal_file, fmri_file
 
 
+def _make_output_root(out_root: Path, name: str) -> None:
+    """Create the data root; refuse one (or a subject folder in it) that is not a folder."""
+    for path in (out_root, out_root / name):
+        if path.exists() and not path.is_dir():
+            raise InputError(f"{path}: output path exists and is not a directory")
+    try:
+        out_root.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"{out_root}: cannot create the data root ({error.strerror})") from None
+
+
 def simulate_subject(
     out_root: str | Path,
     subject: int = 1,
@@ -240,6 +251,7 @@ def simulate_subject(
         hemi_masks = masks.read_masks(roi_masks)
     else:
         hemi_masks = masks.synthetic_masks(reference_subject, float(roi_scale))
+    _make_output_root(Path(out_root), f"subj{subject:02d}")
     train_ids, test_ids = draw_nsd_ids(seed, subject, n_images, n_test_images)
     n_repeats = np.random.default_rng([seed, _STREAM_REPEATS, subject]).choice(
         list(REPEAT_PROBABILITIES), size=n_images, p=list(REPEAT_PROBABILITIES.values())
