@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cortexcl.report.figures import ReportFigure, RunResults, save_figure
+from cortexcl.report.figures import ReportFigure, RunResults, method_color, save_figure
 
 GROUP_COLORS = {"early": "#1f77b4", "higher": "#d62728", "other": "#7f7f7f"}
 
 
-def _read(results: RunResults, name: str) -> pd.DataFrame | None:
+def read_table(results: RunResults, name: str) -> pd.DataFrame | None:
+    """``<run>/tables/<name>``, or None when it is missing or empty."""
     path = results.path("tables", name)
     if not path.is_file():
         return None
@@ -24,7 +25,7 @@ def cross_subject_heatmaps(results: RunResults, out_dir: Path) -> ReportFigure |
     """Annotated model × target matrices of I (fraction of vertices improved), one per group."""
     import matplotlib.pyplot as plt
 
-    table = _read(results, "cross_subject_groups.csv")
+    table = read_table(results, "cross_subject_groups.csv")
     if table is None:
         return None
     table = table[table["method"] == "cl"]
@@ -65,10 +66,10 @@ def pooled_vs_cross_scatter(results: RunResults, out_dir: Path) -> ReportFigure 
     """One point per (target, hemisphere, ROI): cross-subject (x) vs pooled (y) improvement."""
     import matplotlib.pyplot as plt
 
-    points = _read(results, "pooled_vs_cross.csv")
+    points = read_table(results, "pooled_vs_cross.csv")
     if points is None:
         return None
-    tests = _read(results, "pooled_vs_cross_tests.csv")
+    tests = read_table(results, "pooled_vs_cross_tests.csv")
     methods = sorted(points["method"].unique())
     fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 4.0), squeeze=False)
     for ax, method in zip(axes[0], methods, strict=True):
@@ -98,3 +99,37 @@ def pooled_vs_cross_scatter(results: RunResults, out_dir: Path) -> ReportFigure 
         "the pooled model. Points above the diagonal favour pooling; the title gives the mean "
         "difference and the paired Wilcoxon p over all entries "
         "(tables/pooled_vs_cross_tests.csv has the tests per ROI group).")
+
+
+def nod_transfer_bars(results: RunResults, out_dir: Path) -> ReportFigure | None:
+    """Mean test r of NOD V1-V4 per backbone method; the spread over source backbones."""
+    import matplotlib.pyplot as plt
+
+    summary = read_table(results, "nod_transfer_summary.csv")
+    if summary is None:
+        return None
+    entries = summary[["hemisphere", "roi"]].drop_duplicates().to_records(index=False)
+    methods = sorted(summary["method"].unique(), key=lambda m: (m != "untuned", m))
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(entries), 3.6))
+    for i, method in enumerate(methods):
+        part = summary[summary["method"] == method].set_index(["hemisphere", "roi"])
+        rows = part.reindex([tuple(entry) for entry in entries])
+        x = np.arange(len(entries)) + (i - (len(methods) - 1) / 2) * width
+        ax.bar(x, rows["mean_r"], width, label=method, color=method_color(method))
+        spread = [rows["mean_r"] - rows["min_r"], rows["max_r"] - rows["mean_r"]]
+        if (rows["n_models"] > 1).any():
+            ax.errorbar(x, rows["mean_r"], yerr=spread, fmt="none", ecolor="black",
+                        capsize=2, linewidth=0.8)
+    ax.set_xticks(range(len(entries)), [f"{h} {r}" for h, r in entries])
+    ax.set_ylabel("mean test r (NOD)")
+    ax.legend(fontsize=8)
+    path = save_figure(fig, out_dir / "nod_transfer.png")
+    plt.close(fig)
+    return ReportFigure(
+        "nod_transfer", path, "Transfer to NOD",
+        "Mean test r of each NOD area (top vertices by pRF R²) encoded with the untuned "
+        "backbone and with the NSD backbones of its counterpart ROI (same hemisphere), fit on "
+        "the NOD subject's train part, chosen on val, scored on test; bars are means over NSD "
+        "source subjects and NOD subjects, whiskers the range. tables/nod_transfer.csv has "
+        "every model with its paired test against untuned.")

@@ -116,6 +116,7 @@ def run_landscape(run: RunDirectory, config: StudyConfig) -> None:
     embedding = embed(distances, config.evaluation.landscape.embedding, config.seed)
     frame = embedding.frame().reset_index(drop=True)
     frame.insert(0, "model", list(distances.index))
+    frame["variant"] = config.evaluation.landscape.embedding
     atomic_write_csv(run.path("tables", "landscape.csv"), frame)
 
 
