@@ -45,6 +45,8 @@ from cortexcl.study.store import RunDirectory
 from cortexcl.tuning.checkpoints import BACKBONE, load_heads, save_tuned
 from cortexcl.tuning.trainer import CHECKPOINT, TrainingSet, TrainSettings, train
 
+SIMULATION_VERSION = "v2"  # bump when the simulated data of a configuration changes
+
 
 @dataclass
 class StudyContext:
@@ -99,13 +101,16 @@ def prepare_data(config: StudyConfig, progress: bool = True) -> Path:
     from cortexcl.data.simulate import simulate_subject
 
     sim = config.data.simulate
-    root = default_cache_dir() / "simulated" / StudyConfig(data={"simulate": sim}).digest("data")
+    digest = StudyConfig(data={"simulate": sim}).digest("data")
+    root = default_cache_dir() / "simulated" / f"{SIMULATION_VERSION}-{digest}"
+    # One seed for all subjects: their own draws depend on (seed, subject), and images with
+    # the same NSD id are the same images, so the shared NSD images are shared (METHOD §1.3).
     for number in config.data.subjects:
         if not (root / subject_name(number)).is_dir():
             simulate_subject(root, subject=number, n_images=sim.n_images,
                              n_test_images=sim.n_test_images, image_size=sim.image_size,
                              roi_scale=sim.roi_scale, reference_subject=sim.reference_subject,
-                             seed=sim.seed + 1000 * number, progress=progress)
+                             seed=sim.seed, progress=progress)
     return root
 
 
