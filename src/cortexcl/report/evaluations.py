@@ -51,7 +51,7 @@ def landscape_figure(results: RunResults, out_dir: Path) -> ReportFigure | None:
     variant = str(read_table(results, "landscape.csv")["variant"].iloc[0])
     embedding = embed(distances, variant, seed=0)
     groups = {}
-    for row in accuracy.fillna("").itertuples():
+    for row in accuracy.astype({"hemisphere": object, "roi": object}).fillna("").itertuples():
         try:
             groups[row.name] = model_group(row.method, row.hemisphere or None, row.roi or None)
         except InputError:
@@ -74,7 +74,8 @@ def saliency_bars(results: RunResults, out_dir: Path) -> ReportFigure | None:
     table = read_table(results, "saliency.csv")
     if table is None:
         return None
-    table = table[table["axis"] == "horizontal"].fillna({"hemisphere": ""}).reset_index()
+    table = table[table["axis"] == "horizontal"].astype({"hemisphere": object})
+    table = table.fillna({"hemisphere": ""}).reset_index()
     fig, ax = plt.subplots(figsize=(1.5 + 0.45 * len(table), 3.6))
     x = np.arange(len(table))
     colors = [SIDE_COLORS.get(side, "#555555") for side in table["hemisphere"]]

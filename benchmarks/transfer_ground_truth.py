@@ -1,0 +1,111 @@
+"""Cross-subject transfer against the simulator's ground truth.
+
+Simulated subjects share the kind of ground-truth tuning of each ROI (pRF models in V1v,
+face and body category models in FFA-1 and EBA) but not the individual vertices. A CL
+backbone tuned on subject 1's lh ROI should therefore help encode subject 2's same ROI more
+than the backbones tuned, just as long, on subject 1's other ROIs (a different ground truth).
+Every backbone, the untuned one included, encodes each of subject 2's ROIs under the clean
+protocol on the same test images (subject 1's tuning images removed). Prints one JSON object:
+per target ROI, mean test r per backbone, the fraction of vertices each tuned backbone improves
+over untuned, and paired Wilcoxon tests of the matching backbone against each control.
+
+    python benchmarks/transfer_ground_truth.py --n-images 600 --epochs 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cortexcl.config import parse_config
+from cortexcl.data.algonauts import load_subject
+from cortexcl.encoding.pipeline import encode_subject
+from cortexcl.evaluation.transfer import train_image_ids
+from cortexcl.metrics import paired_wilcoxon
+from cortexcl.study.runner import StudyContext, prepare_data, run_study
+from cortexcl.study.store import RunDirectory
+from cortexcl.tuning.checkpoints import BACKBONE
+
+ROIS = ("V1v", "FFA-1", "EBA")
+
+
+def _scores(r: dict[str, np.ndarray], matching: str) -> dict:
+    """Mean r per backbone, fraction improved over untuned, matching backbone vs the others."""
+    return {
+        "n_vertices": int(r["untuned"].size),
+        "mean_r": {name: float(values.mean()) for name, values in r.items()},
+        "fraction_improved_vs_untuned": {name: float(np.mean(values > r["untuned"]))
+                                         for name, values in r.items() if name != "untuned"},
+        "matching_vs_control": {control: {
+            "fraction_matching_better": float(np.mean(r[matching] > r[control])),
+            "mean_difference": float(np.mean(r[matching] - r[control])),
+            "p_wilcoxon": paired_wilcoxon(r[matching], r[control])}
+            for control in ROIS if control != matching},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n-images", type=int, default=600)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--n-components", type=int, default=64)
+    parser.add_argument("--roi-scale", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    started = time.perf_counter()
+    out = args.out or Path(tempfile.mkdtemp(prefix="cortexcl-transfer-"))
+    config = parse_config({
+        "name": "transfer-ground-truth", "weights": "none", "seed": args.seed,
+        "methods": ["untuned", "cl"],
+        "data": {"simulate": {"n_images": args.n_images, "n_test_images": 2,
+                              "image_size": args.image_size, "roi_scale": args.roi_scale},
+                 "subjects": [1], "image_size": args.image_size},
+        "selection": {"hemispheres": ["lh"], "rois": list(ROIS)},
+        "tuning": {"cl": {"epochs": args.epochs, "batch_size": args.batch_size}},
+        "encoding": {"n_components": args.n_components},
+        "evaluation": {"mutual_info": False},
+    })
+    _, report = run_study(config, out / "tuning", progress=False, announce=lambda _: None)
+    assert report.ok, report.failed
+    tuned = time.perf_counter()
+
+    two_subjects = config.model_copy(update={"data": config.data.model_copy(
+        update={"subjects": [1, 2]})})
+    root = prepare_data(two_subjects, progress=False)
+    model_subject = load_subject(root, 1, image_size=args.image_size, progress=False)
+    target = load_subject(root, 2, image_size=args.image_size, progress=False)
+    run = RunDirectory(out / "transfer")
+    tuning_split = StudyContext(config, RunDirectory(out / "tuning"), root).split(model_subject)
+    excluded = train_image_ids(model_subject.image_ids, tuning_split.train)
+    backbones = {"untuned": "none", **{roi: out / "tuning" / "models" / "subj01" / "lh" / roi /
+                                       "cl" / BACKBONE for roi in ROIS}}
+    r: dict[str, dict[str, np.ndarray]] = {}
+    for roi in ROIS:
+        r[roi] = {}
+        for name, weights in backbones.items():
+            encoded, _ = encode_subject(target, run, hemispheres=["lh"], rois=[roi],
+                                        weights=weights, method=name, seed=args.seed,
+                                        n_components=args.n_components, progress=False,
+                                        exclude_test_ids=excluded)
+            r[roi][name] = np.load(run.encoding_dir("subj02", "lh", roi, name) / "voxel_r.npy")
+    result = {
+        "setup": {**vars(args), "out": str(out), "n_test": int(encoded["n_test"].iloc[0]),
+                  "n_test_dropped": int(encoded["n_test_dropped"].iloc[0])},
+        "targets": {roi: _scores(scores, roi) for roi, scores in r.items()},
+        "seconds": {"tuning": tuned - started, "total": time.perf_counter() - started},
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

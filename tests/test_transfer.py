@@ -1,0 +1,227 @@
+"""Transfer evaluations: matched test images, cross-subject and pooled tables, NOD transfer,
+and a whole study with every evaluation switched on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cortexcl.atomic import atomic_save_npy, atomic_write_json
+from cortexcl.data.algonauts import load_subject
+from cortexcl.data.splits import Split
+from cortexcl.encoding.pipeline import TEST_PREDICTION, TEST_ROWS, without_test_images
+from cortexcl.errors import InputError
+from cortexcl.evaluation.cross_subject import (
+    cross_subject_table,
+    group_matrices,
+    pooled_vs_cross,
+    pooled_vs_cross_tests,
+)
+from cortexcl.evaluation.transfer import rescore, split_transfer, transfer_method
+from cortexcl.study.runner import prepare_data, run_study
+from cortexcl.study.store import RunDirectory
+from study_helpers import FROZEN, SIMULATION, study
+
+
+def test_transfer_names_round_trip():
+    assert transfer_method("cl", "subj02") == "cl-from-subj02"
+    assert split_transfer("cl-from-subj02") == ("cl", "subj02")
+    assert split_transfer("pooled-avg-from-pooled") == ("pooled-avg", "pooled")
+    assert split_transfer("untuned") == ("untuned", None)
+
+
+def test_without_test_images_drops_exactly_the_listed_ids():
+    split = Split(train=[0, 1, 2], val=[3], test=[4, 5, 6, 7], seed=0, protocol="clean")
+    ids = np.array([10, 11, 12, 13, 14, 15, 16, 17])
+    reduced, dropped = without_test_images(split, ids, np.array([15, 17, 99, 10]))
+    assert reduced.test.tolist() == [4, 6]
+    assert dropped == 2
+    assert reduced.train.tolist() == [0, 1, 2] and reduced.val.tolist() == [3]
+
+
+def _result(folder: Path, rows: np.ndarray, prediction: np.ndarray) -> Path:
+    atomic_save_npy(folder / TEST_ROWS, rows)
+    atomic_save_npy(folder / TEST_PREDICTION, prediction)
+    return folder
+
+
+def test_rescore_is_pearson_r_on_the_requested_rows(tmp_path):
+    rng = np.random.default_rng(0)
+    responses = rng.normal(size=(40, 5))
+    rows = np.arange(20, 40)
+    prediction = responses[rows] + rng.normal(size=(20, 5))
+    folder = _result(tmp_path / "result", rows, prediction)
+    subset = rows[::2]
+    expected = [np.corrcoef(responses[subset, j], prediction[::2, j])[0, 1] for j in range(5)]
+    np.testing.assert_allclose(rescore(folder, subset, responses), expected, rtol=1e-5)
+    with pytest.raises(InputError, match="were not scored"):
+        rescore(folder, np.array([0, 20]), responses)
+    with pytest.raises(InputError, match="no saved test predictions"):
+        rescore(tmp_path / "empty", subset, responses)
+
+
+def _summary(folder: Path, subject: str, roi: str, method: str, r: list[float],
+             n_dropped: int = 0, matched: list[float] | None = None) -> None:
+    atomic_save_npy(folder / "voxel_r.npy", np.asarray(r, dtype=np.float32))
+    atomic_write_json(folder / "summary.json", {
+        "subject": subject, "hemisphere": "lh", "roi": roi, "method": method,
+        "n_vertices": len(r), "n_test": 10 - n_dropped, "n_test_dropped": n_dropped})
+    if matched is not None:
+        atomic_save_npy(folder / "matched" / "untuned.npy", np.asarray(matched, np.float32))
+
+
+def test_cross_subject_tables_known_answers(tmp_path):
+    run = RunDirectory(tmp_path / "run")
+    transfer = RunDirectory(run.root / "cross_subject")
+    # Two subjects, one early ROI (V1v) and one higher ROI (FFA-1), three vertices each.
+    for subject in ("subj01", "subj02"):
+        for roi in ("V1v", "FFA-1"):
+            _summary(run.encoding_dir(subject, "lh", roi, "untuned"), subject, roi, "untuned",
+                     [0.2, 0.2, 0.2])
+            _summary(run.encoding_dir(subject, "lh", roi, "cl"), subject, roi, "cl",
+                     [0.3, 0.1, 0.1])  # own model: 1 of 3 vertices improved
+    # subj01's model on subj02, scored on fewer images: compared with the matched baseline.
+    _summary(transfer.encoding_dir("subj02", "lh", "V1v", "cl-from-subj01"), "subj02", "V1v",
+             "cl-from-subj01", [0.3, 0.3, 0.1], n_dropped=2, matched=[0.25, 0.35, 0.05])
+    _summary(transfer.encoding_dir("subj01", "lh", "V1v", "cl-from-subj02"), "subj01", "V1v",
+             "cl-from-subj02", [0.3, 0.3, 0.3], matched=[0.2, 0.2, 0.2])
+    table = cross_subject_table(run)
+    v1 = table[table["roi"] == "V1v"].set_index(["model_subject", "target_subject"])
+    assert v1.loc[("subj01", "subj02"), "fraction_improved"] == pytest.approx(2 / 3)
+    assert v1.loc[("subj01", "subj02"), "mean_r_untuned"] == pytest.approx(0.65 / 3)
+    assert v1.loc[("subj01", "subj02"), "n_test_dropped"] == 2
+    assert v1.loc[("subj02", "subj01"), "fraction_improved"] == pytest.approx(1.0)
+    assert v1.loc[("subj01", "subj01"), "fraction_improved"] == pytest.approx(1 / 3)
+    assert set(table["group"]) == {"early", "higher"}
+
+    groups = group_matrices(table).set_index(["group", "model_subject", "target_subject"])
+    assert groups.loc[("early", "subj01", "subj02"), "fraction_improved"] == pytest.approx(2 / 3)
+    # "all" averages V1v and FFA-1 of the diagonal pair subj01 → subj01 (1/3 each).
+    assert groups.loc[("all", "subj01", "subj01"), "n_entries"] == 2
+
+    encoding = pd.DataFrame({"subject": ["subj01", "subj02"], "hemisphere": "lh",
+                             "roi": "V1v", "method": "pooled-avg",
+                             "pct_improved_vs_untuned": [50.0, 100.0]})
+    points = pooled_vs_cross(table, encoding).set_index("subject")
+    assert points.loc["subj01", "cross_pct"] == pytest.approx(100.0)  # subj02's model on subj01
+    assert points.loc["subj02", "cross_pct"] == pytest.approx(200 / 3)
+    assert points.loc["subj02", "pooled_pct"] == 100.0
+    assert pooled_vs_cross(table, encoding, exclude=("lh:V1v",)).empty
+    tests = pooled_vs_cross_tests(points.reset_index())
+    row = tests[tests["group"] == "all"].iloc[0]
+    assert row["n_entries"] == 2
+    assert row["mean_difference"] == pytest.approx(((50 - 100) + (100 - 200 / 3)) / 2)
+
+
+# -- a whole study with every evaluation -------------------------------------------------------
+
+EVALUATIONS = {
+    "mutual_info": False, "cross_subject": True, "pooled_vs_cross": True,
+    "nod_transfer": {"subjects": [1], "top_k": 20,
+                     "simulate": {"n_sessions": 2, "n_runs": 2, "trials_per_run": 30,
+                                  "image_size": 48, "vertices_per_roi": 24}},
+    "classification": {"n_images": 60, "image_size": 64, "batch_size": 32},
+    "landscape": {},
+    # At 64 px features.12 is 1 × 1, so GradCAM maps are flat: use gradient saliency here.
+    "saliency": {"attribution": "saliency", "n_images": 6, "batch_size": 6},
+}
+
+
+@pytest.fixture(scope="module")
+def full_study(tmp_path_factory):
+    """Two simulated subjects, lh V1v, untuned + CL + pooled, every evaluation: (config, run)."""
+    cache = tmp_path_factory.mktemp("transfer-cache")
+    config = study(methods=["untuned", "cl", "pooled-avg"],
+                   data__simulate={**SIMULATION, "n_images": 120}, data__subjects=[1, 2],
+                   selection__rois=["V1v"], selection__min_vertices=20,
+                   tuning__pooled={"epochs": 1, "batch_size": 16},
+                   tuning__cl={"epochs": 1, "batch_size": 16, "frozen": FROZEN},
+                   evaluation=EVALUATIONS)
+    root = tmp_path_factory.mktemp("transfer") / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CORTEXCL_CACHE", str(cache))
+        _, report = run_study(config, root, progress=False, announce=lambda _: None)
+        data_root = prepare_data(config, progress=False)
+    assert report.ok, report.failed
+    return config, RunDirectory(root), data_root
+
+
+def _table(run: RunDirectory, name: str) -> pd.DataFrame:
+    return pd.read_csv(run.path("tables", name))
+
+
+def test_cross_subject_results_drop_the_models_tuning_images(full_study):
+    _, run, data_root = full_study
+    cross = _table(run, "cross_subject.csv")
+    assert len(cross) == 4  # 2 model subjects × 2 targets
+    encoding = _table(run, "encoding.csv").set_index(["subject", "method"])
+    for row in cross.itertuples():
+        if row.model_subject == row.target_subject:
+            assert row.mean_r == pytest.approx(encoding.loc[(row.target_subject, "cl"),
+                                                            "mean_r"])
+            continue
+        folder = run.path("cross_subject", "encoding", row.target_subject, "lh", "V1v",
+                          f"cl-from-{row.model_subject}")
+        model = load_subject(data_root, row.model_subject, image_size=64, progress=False)
+        target = load_subject(data_root, row.target_subject, image_size=64, progress=False)
+        model_train = json.loads(run.path("splits", f"{row.model_subject}.json").read_text())
+        target_rows = np.load(folder / TEST_ROWS)
+        tuned_ids = set(model.image_ids[model_train["train"]].tolist())
+        assert not tuned_ids & set(target.image_ids[target_rows].tolist())
+        assert row.n_test + row.n_test_dropped == encoding.loc[(row.target_subject, "untuned"),
+                                                               "n_test"]
+        # The untuned baseline is re-scored on exactly these images.
+        untuned = run.encoding_dir(row.target_subject, "lh", "V1v", "untuned")
+        responses = target.responses("lh", "V1v")
+        np.testing.assert_allclose(np.load(folder / "matched" / "untuned.npy"),
+                                   rescore(untuned, target_rows, responses))
+    # The simulated subjects share NSD images, so some test images had to go.
+    assert cross["n_test_dropped"].sum() > 0
+    pooled = encoding.xs("pooled-avg", level="method")
+    assert (pooled["n_test_dropped"] >= 0).all()
+    points = _table(run, "pooled_vs_cross.csv")
+    assert sorted(points["subject"]) == ["subj01", "subj02"]
+
+
+def test_nod_transfer_uses_the_counterpart_backbones(full_study):
+    _, run, _ = full_study
+    table = _table(run, "nod_transfer.csv")
+    untuned = table[table["method"] == "untuned"]
+    assert sorted(untuned["roi"]) == ["V1", "V2", "V3", "V4"]
+    tuned = table[table["method"] == "cl"]
+    # NSD V1v backbones (the only tuned ROI) encode NOD V1, one per NSD subject.
+    assert sorted(zip(tuned["roi"], tuned["source"], strict=True)) == [
+        ("V1", "subj01"), ("V1", "subj02")]
+    assert (table["n_vertices"] == 20).all()
+    summary = _table(run, "nod_transfer_summary.csv").set_index(["roi", "method"])
+    assert summary.loc[("V1", "cl"), "n_models"] == 2
+
+
+def test_probes_landscape_and_saliency_tables(full_study):
+    _, run, _ = full_study
+    probes = _table(run, "classification.csv")
+    assert sorted(probes["name"]) == ["cl__subj01__lh__V1v", "cl__subj02__lh__V1v",
+                                      "pooled-avg__pooled__lh__V1v", "untuned"]
+    assert probes["top1"].between(0, 1).all()
+    distances = _table(run, "landscape_distances.csv").set_index("model")
+    assert list(distances.index)[-1] == "oracle"
+    matrix = distances.to_numpy()
+    np.testing.assert_allclose(matrix, matrix.T)
+    np.testing.assert_allclose(np.diag(matrix), 0.0, atol=1e-12)
+    saliency = _table(run, "saliency.csv")
+    assert sorted(saliency["model"]) == ["cl__subj01__lh__V1v", "cl__subj02__lh__V1v",
+                                         "untuned"]
+    assert (saliency["n"] == 6).all()
+
+
+def test_report_shows_every_evaluation(full_study):
+    _, run, _ = full_study
+    page = run.path("report.html").read_text()
+    for title in ("Cross-subject transfer", "Pooled vs cross-subject backbones",
+                  "Transfer to NOD", "Classification probes", "Model landscape",
+                  "Lateralization of salience", "Salience maps"):
+        assert title in page
