@@ -310,3 +310,17 @@ def test_killed_study_resumes_to_the_same_result(tmp_path, start_cortexcl):
 
     assert_same_results(killed, reference, [model])
     assert len(pd.read_csv(killed / "tables" / "encoding.csv")) == 1
+
+
+def test_runner_removes_feature_folders_of_killed_encodings(tmp_path):
+    run = tmp_path / "run"
+    leftovers = [run / ".features-abc", run / "cross_subject" / ".features-def"]
+    for folder in leftovers:
+        (folder / "features.2.npy").parent.mkdir(parents=True)
+        (folder / "features.2.npy").write_bytes(b"partial")
+    kept = run / "encoding" / "keep.txt"
+    kept.parent.mkdir(parents=True)
+    kept.write_text("results")
+    run_study(study(), run, dry_run=True, progress=False, announce=lambda _: None)
+    assert not any(folder.exists() for folder in leftovers)
+    assert kept.read_text() == "results"

@@ -54,6 +54,27 @@ def simulate(
     stdout.print(f"simulated subject written to {path}")
 
 
+@app.command("simulate-nod")
+def simulate_nod(
+    out: Annotated[Path, typer.Argument(help="NOD root; the subject goes to OUT/sub-XX.")],
+    subject: Annotated[int, typer.Option(help="Subject number.")] = 1,
+    n_sessions: Annotated[int, typer.Option(help="ImageNet sessions (NOD: 4).")] = 4,
+    n_runs: Annotated[int, typer.Option(help="Runs per session (NOD: 10).")] = 10,
+    trials_per_run: Annotated[int, typer.Option(help="Trials per run (NOD: 100).")] = 100,
+    image_size: Annotated[int, typer.Option(help="Width of the 4:3 stimuli in pixels.")] = 128,
+    vertices_per_roi: Annotated[int, typer.Option(
+        help="Grayordinates of each of V1-V4 per hemisphere.")] = 60,
+    seed: Annotated[int, typer.Option(help="Seed of everything simulated.")] = 0,
+) -> None:
+    """Write a simulated subject in the NOD layout (BIDS events + ciftify CIFTI betas)."""
+    from cortexcl.data.simulate import simulate_nod_subject
+
+    path = simulate_nod_subject(out, subject, n_sessions=n_sessions, n_runs=n_runs,
+                                trials_per_run=trials_per_run, image_size=image_size,
+                                vertices_per_roi=vertices_per_roi, seed=seed)
+    stdout.print(f"simulated NOD subject written to {path}")
+
+
 @app.command()
 def encode(
     data: Annotated[Path, typer.Argument(help="Algonauts 2023 data root (holds subjNN/).")],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,6 +144,7 @@ def run_study(config: StudyConfig, out: str | Path, *, dry_run: bool = False,
     """
     run = RunDirectory(out)
     with run.lock():
+        _remove_leftovers(run)
         context = StudyContext(config, run, prepare_data(config, progress),
                                device=device or config.execution.device, progress=progress)
         jobs = plan_jobs(config, context.roi_size)
@@ -219,6 +221,13 @@ class JobRunner:
             self._context = StudyContext(self.config, RunDirectory(self.run_root),
                                          self.data_root, self.device, self.progress)
         run_job(job, self._context)
+
+
+def _remove_leftovers(run: RunDirectory) -> None:
+    """Feature folders of encodings killed mid-way (no runner or worker is active now)."""
+    for folder in (run.root, run.path(CROSS_SUBJECT), run.path(NOD)):
+        for leftover in folder.glob(".features-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def run_job(job: Job, context: StudyContext) -> None:
