@@ -10,6 +10,7 @@ import yaml
 from cortexcl.config import StudyConfig, load_config, parse_config
 from cortexcl.data.rois import ROI_GROUPS
 from cortexcl.errors import InputError
+from cortexcl.study.jobs import plan_jobs
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -132,3 +133,12 @@ def test_digest_is_stable_and_sensitive(tmp_path):
                                                "cl": {**raw["tuning"]["cl"],
                                                       "temperature": 0.3}}})
     assert explicit.digest() == base.digest()
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].glob("configs/*.yaml")),
+                         ids=lambda path: path.name)
+def test_example_configs_are_valid_and_plan(path):
+    config = load_config(path)
+    jobs = plan_jobs(config, lambda *_: 100)
+    assert jobs[-1].kind == "aggregate"
+    assert len({job.key for job in jobs}) == len(jobs)
