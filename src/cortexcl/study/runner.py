@@ -19,7 +19,7 @@ from cortexcl.data.images import default_cache_dir
 from cortexcl.data.nod import NODSubject, load_nod_subject, nod_subject_name
 from cortexcl.data.rois import WHOLE_HEMISPHERE
 from cortexcl.data.splits import Split
-from cortexcl.encoding.pipeline import encode_subject, record_split
+from cortexcl.encoding.pipeline import encode_subject, record_split, without_test_images
 from cortexcl.evaluation.cross_subject import CROSS_SUBJECT, write_cross_subject_tables
 from cortexcl.evaluation.mutual_info import (
     embed_pairs,
@@ -427,7 +427,10 @@ def _mutual_info(job: Job, context: StudyContext, model_dir: Path) -> None:
                            target.responses[indices],
                            subject=job.subject if tuned_by == "pooled" else None)
 
-    split = context.split(context.subject(job.subject))
+    subject = context.subject(job.subject)
+    split = context.split(subject)
+    if tuned_by == "pooled":  # test pairs that other members tuned with are left out
+        split, _ = without_test_images(split, subject.image_ids, _tuning_image_ids(context, job))
     test = embed(split.test)
     own = embed_pairs_with_modality_statistics(
         model, (target.images.batches(split.train, batch, context.device),
