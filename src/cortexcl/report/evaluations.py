@@ -51,7 +51,8 @@ def landscape_figure(results: RunResults, out_dir: Path) -> ReportFigure | None:
     variant = str(read_table(results, "landscape.csv")["variant"].iloc[0])
     embedding = embed(distances, variant, seed=0)
     groups = {}
-    for row in accuracy.astype({"hemisphere": object, "roi": object}).fillna("").itertuples():
+    labels = accuracy.astype({"hemisphere": object, "roi": object})
+    for row in labels.fillna({"hemisphere": "", "roi": ""}).itertuples():
         try:
             groups[row.name] = model_group(row.method, row.hemisphere or None, row.roi or None)
         except InputError:
