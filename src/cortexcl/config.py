@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -19,6 +20,17 @@ from pydantic import (
 
 from cortexcl.data.rois import HEMISPHERES, expand_rois
 from cortexcl.errors import InputError
+
+
+def _expanded_rois(rois: list[str]) -> list[str]:
+    try:
+        return expand_rois(rois)
+    except InputError as error:
+        raise ValueError(str(error)) from None
+
+
+RoiNames = Annotated[list[str], AfterValidator(_expanded_rois)]
+"""ROI names and groups, expanded to names (unknown names refused)."""
 
 Method = Literal["untuned", "cl", "rt", "pooled-avg", "pooled-const"]
 
@@ -52,16 +64,8 @@ class SelectionConfig(_Strict):
 
     hemispheres: list[Literal["lh", "rh"]] = Field(default_factory=lambda: list(HEMISPHERES),
                                                    min_length=1)
-    rois: list[str] = Field(default_factory=lambda: ["early"], min_length=1)
+    rois: RoiNames = Field(default_factory=lambda: ["early"], min_length=1)
     min_vertices: int = Field(20, ge=1)
-
-    @field_validator("rois")
-    @classmethod
-    def _known_rois(cls, rois: list[str]) -> list[str]:
-        try:
-            return expand_rois(rois)
-        except InputError as error:
-            raise ValueError(str(error)) from None
 
 
 class OptimizerConfig(_Strict):
@@ -181,18 +185,10 @@ class SaliencyConfig(_Strict):
 
     attribution: Literal["gradcam", "saliency", "integrated_gradients"] = "gradcam"
     methods: list[Method] = Field(default_factory=lambda: ["untuned", "cl"], min_length=1)
-    rois: list[str] = Field(default_factory=lambda: ["early"], min_length=1)
+    rois: RoiNames = Field(default_factory=lambda: ["early"], min_length=1)
     n_images: int | None = Field(256, ge=2, description="probe-test images used; null = all")
     vertical: bool = Field(False, description="also the top/bottom index (vertical flip)")
     batch_size: int = Field(32, ge=1)
-
-    @field_validator("rois")
-    @classmethod
-    def _known_rois(cls, rois: list[str]) -> list[str]:
-        try:
-            return expand_rois(rois)
-        except InputError as error:
-            raise ValueError(str(error)) from None
 
 
 class EvaluationConfig(_Strict):
