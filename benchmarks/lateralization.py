@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["gradcam", "saliency"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default=None, help="cpu or cuda; default: cuda if present")
     parser.add_argument("--out", type=Path, default=None,
                         help="folder for the summary CSV and overlay figure; default: none")
     args = parser.parse_args()
@@ -112,7 +113,7 @@ def main() -> None:
                 log = train(model, [TrainingSet(subject.name, subject.images, responses,
                                                 split.train, split.val)],
                             settings, Path(scratch) / "models" / hemisphere / roi,
-                            device="cpu", progress=False)
+                            device=args.device, progress=False)
                 name = f"{hemisphere}-{roi}"
                 backbones[name] = model.backbone.eval()
                 tuning[name] = {
@@ -134,7 +135,7 @@ def main() -> None:
         per_model, b_values, networks = {}, {}, {}
         for name, backbone in backbones.items():
             features = extract_features(backbone, subject.images, ["classifier.5"],
-                                        batch_size=64, device="cpu",
+                                        batch_size=64, device=args.device,
                                         progress=False)["classifier.5"]
             scaler = StandardScaler().fit(features[fit])
             probe = LogisticRegression(C=1.0, max_iter=5000).fit(
@@ -146,7 +147,7 @@ def main() -> None:
             entry = {"probe_test_accuracy": round(accuracy, 4)}
             for method in args.methods:
                 both = lateralization(network, subject.images, labels[test], indices=test,
-                                      method=method, axes=AXES, batch_size=32, device="cpu",
+                                      method=method, axes=AXES, batch_size=32, device=args.device,
                                       progress=False)
                 for axis, frame in both.groupby("axis"):
                     frame = frame.reset_index(drop=True)
@@ -187,7 +188,7 @@ def main() -> None:
                                   args.out / f"lateralization_{method}_{axis}.csv")
             shown = test[:3]
             examples = [saliency_examples(name, networks[name], subject.images.tensor(shown),
-                                          labels[shown], device="cpu")
+                                          labels[shown], device=args.device)
                         for name in ("untuned", f"lh-{args.rois[0]}", f"rh-{args.rois[0]}")]
             draw_saliency_overlays(subject.images.array()[shown], examples,
                                    args.out / "saliency_overlays.png",
