@@ -32,8 +32,9 @@ def cross_subject_heatmaps(results: RunResults, out_dir: Path) -> ReportFigure |
     groups = [g for g in ("early", "higher", "all") if g in set(table["group"])]
     subjects = sorted(set(table["model_subject"]) | set(table["target_subject"]))
     n = len(subjects)
-    fig, axes = plt.subplots(1, len(groups), figsize=(1.0 + 0.75 * n * len(groups) + 1.2,
-                                                      1.2 + 0.65 * n), squeeze=False)
+    side = max(2.4, 0.75 * n)
+    fig, axes = plt.subplots(1, len(groups), figsize=(1.6 + 1.15 * side * len(groups),
+                                                      1.4 + 0.65 * n), squeeze=False)
     image = None
     for ax, group in zip(axes[0], groups, strict=True):
         part = table[table["group"] == group]
@@ -50,7 +51,8 @@ def cross_subject_heatmaps(results: RunResults, out_dir: Path) -> ReportFigure |
         ax.set_xlabel("target subject")
         if ax is axes[0][0]:
             ax.set_ylabel("model subject")
-        ax.set_title(f"{group} ROIs ({int(part['n_entries'].max())} hemi × ROI)")
+        ax.set_title(f"{group} ROIs\n({int(part['n_entries'].max())} hemisphere × ROI)",
+                     fontsize=9)
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="fraction of vertices improved")
     path = save_figure(fig, out_dir / "cross_subject.png")
     plt.close(fig)
