@@ -35,7 +35,7 @@ def feature_path(out_dir: str | Path, layer: str) -> Path:
     return Path(out_dir) / f"{layer}.npy"
 
 
-class _DiskWriter:
+class Float16Writer:
     """Float16 ``.npy`` files filled row block by row block, renamed into place when complete.
 
     Rows are written with ordinary file writes (not a memory map), so the pages written do not
@@ -146,7 +146,7 @@ def extract_features(
     writer = None
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        writer = _DiskWriter(Path(out_dir), layers, index.size)
+        writer = Float16Writer(Path(out_dir), layers, index.size)
     arrays: dict[str, np.ndarray] = {}
     bar = tqdm(total=index.size, unit="img", desc="features", disable=not progress)
     row = 0
@@ -164,7 +164,7 @@ def extract_features(
                                                      np.float32)
                         arrays[layer][row : row + len(batch)] = activation.float().cpu().numpy()
                         continue
-                    _check_float16_range(layer, activation)
+                    check_float16_range(layer, activation)
                     if row == 0:
                         writer.open(layer, activation.shape[1])
                     writer.write(layer, activation.to(torch.float16).cpu().numpy())
@@ -183,7 +183,8 @@ def extract_features(
     return arrays
 
 
-def _check_float16_range(layer: str, activation: torch.Tensor) -> None:
+def check_float16_range(layer: str, activation: torch.Tensor) -> None:
+    """Raise `InputError` if ``activation`` holds values float16 files cannot store."""
     peak = float(activation.abs().amax()) if activation.numel() else 0.0
     if not math.isfinite(peak) or peak > _FLOAT16_MAX:
         raise InputError(f"{layer}: activations reach {peak:g}, beyond float16; "

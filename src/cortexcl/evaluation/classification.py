@@ -325,10 +325,16 @@ def state_fingerprint(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def feature_cache_key(backbone_id: str, dataset: ProbeDataset, layer: str) -> str:
-    """Name of the cache folder of one (backbone, data set, layer)."""
+def feature_cache_key(backbone_id: str, dataset: ProbeDataset, layer: str,
+                      device_type: str = "cpu") -> str:
+    """Name of the cache folder of one (backbone, data set, layer, device type).
+
+    The device type is part of the key because features computed on a GPU (bf16 autocast)
+    differ slightly from CPU features.
+    """
     text = json.dumps({"backbone": backbone_id, "dataset": dataset.identity, "n": len(dataset),
-                       "transform": dataset.transform, "layer": layer}, sort_keys=True)
+                       "transform": dataset.transform, "layer": layer,
+                       "device": device_type}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -381,7 +387,8 @@ def extract_probe_features(
         raise InputError(f"layer: {layer!r} is not a candidate layer "
                          f"({', '.join(CANDIDATE_LAYERS)})")
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "probe-features"
-    key = feature_cache_key(backbone_id or state_fingerprint(backbone), dataset, layer)
+    key = feature_cache_key(backbone_id or state_fingerprint(backbone), dataset, layer,
+                            resolve_device(device).type)
     folder = root / key
     if not (folder / "labels.npy").is_file():
         with atomic_directory(folder) as tmp:

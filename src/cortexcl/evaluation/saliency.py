@@ -37,7 +37,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cortexcl.atomic import atomic_write_text
-from cortexcl.encoding.features import _check_float16_range, _DiskWriter
+from cortexcl.encoding.features import Float16Writer, check_float16_range
 from cortexcl.errors import InputError
 from cortexcl.models.backbones import resolve_device
 
@@ -311,14 +311,14 @@ def attribute(network: nn.Module, images: Any,
         raise InputError("out_path: streaming to disk needs a source with a known length")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     name = out_path.name.removesuffix(".npy")
-    writer = _DiskWriter(out_path.parent, [name], n_images)
+    writer = Float16Writer(out_path.parent, [name], n_images)
     opened = False
     try:
         for maps, _ in stream:
             if not opened:
                 writer.open(name, tuple(maps.shape[1:]))
                 opened = True
-            _check_float16_range(name, torch.from_numpy(maps))
+            check_float16_range(name, torch.from_numpy(maps))
             writer.write(name, maps.astype(np.float16))
         if not opened:
             raise InputError("attribute: no images to process")

@@ -79,7 +79,7 @@ from cortexcl.data.nod import (
 from cortexcl.data.rois import HEMISPHERES, ROI_CLASSES
 from cortexcl.data.simulate import brain
 from cortexcl.data.simulate.stimuli import render_scene
-from cortexcl.data.simulate.writer import _check_int, _default_workers
+from cortexcl.data.simulate.writer import check_int, default_workers
 from cortexcl.errors import InputError
 
 # The first rows of the real roilbl_mmp.csv; the other rows get placeholder names.
@@ -301,19 +301,19 @@ def simulate_nod_subject(
     InputError
         On an invalid argument, or support files in ``out_root`` made for other sizes.
     """
-    subject = _check_int("subject", subject, 1, 99)
-    n_sessions = _check_int("n_sessions", n_sessions, 1, 99)
-    n_runs = _check_int("n_runs", n_runs, 1, 99)
-    trials_per_run = _check_int("trials_per_run", trials_per_run, 2, N_CLASSES)
+    subject = check_int("subject", subject, 1, 99)
+    n_sessions = check_int("n_sessions", n_sessions, 1, 99)
+    n_runs = check_int("n_runs", n_runs, 1, 99)
+    trials_per_run = check_int("trials_per_run", trials_per_run, 2, N_CLASSES)
     if n_runs * trials_per_run > N_CLASSES:
         raise InputError(f"n_runs × trials_per_run: at most {N_CLASSES} trials per session "
                          f"(one per class), got {n_runs * trials_per_run}")
-    image_size = _check_int("image_size", image_size, 32, 4096)
-    vertices_per_roi = _check_int("vertices_per_roi", vertices_per_roi, 1, 100000)
-    other_vertices = _check_int("other_vertices", other_vertices, 0, 100000)
-    unlabelled_vertices = _check_int("unlabelled_vertices", unlabelled_vertices, 0, 100000)
-    seed = _check_int("seed", seed, 0, 2**63 - 1)
-    workers = _default_workers() if workers is None else _check_int("workers", workers, 1, 256)
+    image_size = check_int("image_size", image_size, 32, 4096)
+    vertices_per_roi = check_int("vertices_per_roi", vertices_per_roi, 1, 100000)
+    other_vertices = check_int("other_vertices", other_vertices, 0, 100000)
+    unlabelled_vertices = check_int("unlabelled_vertices", unlabelled_vertices, 0, 100000)
+    seed = check_int("seed", seed, 0, 2**63 - 1)
+    workers = default_workers() if workers is None else check_int("workers", workers, 1, 256)
     out_root = Path(out_root)
     name = nod_subject_name(subject)
 

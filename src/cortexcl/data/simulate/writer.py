@@ -58,7 +58,8 @@ _PARALLEL_MIN_IMAGES = 16
  _STREAM_NOISE) = range(6)
 
 
-def _check_int(name: str, value: object, low: int, high: int) -> int:
+def check_int(name: str, value: object, low: int, high: int) -> int:
+    """``value`` as an int in ``[low, high]``, or an `InputError` naming the argument."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise InputError(f"{name}: expected an integer, got {value!r}")
     if not low <= int(value) <= high:
@@ -108,7 +109,8 @@ def _map_tasks(tasks: list, workers: int) -> Iterator:
         yield from pool.map(_render, tasks)
 
 
-def _default_workers() -> int:
+def default_workers() -> int:
+    """Worker threads for rendering: the CPUs this process may use."""
     try:
         available = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -240,13 +242,13 @@ def simulate_subject(
     InputError
         On an invalid argument or an unusable ``roi_masks`` folder.
     """
-    subject = _check_int("subject", subject, 1, 99)
-    n_images = _check_int("n_images", n_images, 2, 9999)
-    n_test_images = _check_int("n_test_images", n_test_images, 0, 9999)
-    image_size = _check_int("image_size", image_size, 32, 4096)
-    reference_subject = _check_int("reference_subject", reference_subject, 1, 8)
-    seed = _check_int("seed", seed, 0, 2**63 - 1)
-    workers = _default_workers() if workers is None else _check_int("workers", workers, 1, 256)
+    subject = check_int("subject", subject, 1, 99)
+    n_images = check_int("n_images", n_images, 2, 9999)
+    n_test_images = check_int("n_test_images", n_test_images, 0, 9999)
+    image_size = check_int("image_size", image_size, 32, 4096)
+    reference_subject = check_int("reference_subject", reference_subject, 1, 8)
+    seed = check_int("seed", seed, 0, 2**63 - 1)
+    workers = default_workers() if workers is None else check_int("workers", workers, 1, 256)
     if roi_masks is not None:
         hemi_masks = masks.read_masks(roi_masks)
     else:
