@@ -153,7 +153,11 @@ def test_tiny_study_end_to_end(finished):
     assert (table.n_vertices == 36).all() and (table.subject == "subj01").all()
     excluded = pd.read_csv(root / "tables" / "excluded.csv")
     assert excluded.roi.tolist() == ["hV4"]
-    assert np.isfinite(table.set_index("method").loc["cl", "mi_bits"])
+    cl = table.set_index("method").loc["cl"]
+    assert np.isfinite(cl["mi_bits"])
+    # One subject: the common K is its whole test part, and the bound is the full one.
+    assert cl["mi_common_k"] == cl["n_test"]
+    assert cl["mi_bits_common_k"] == pytest.approx(cl["mi_bits"], abs=1e-5)
 
     for method in ("cl", "rt"):
         model = root / "models" / "subj01" / "lh" / "V1v" / method

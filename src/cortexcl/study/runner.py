@@ -22,6 +22,7 @@ from cortexcl.data.splits import Split
 from cortexcl.encoding.pipeline import encode_subject, record_split, without_test_images
 from cortexcl.evaluation.cross_subject import CROSS_SUBJECT, write_cross_subject_tables
 from cortexcl.evaluation.mutual_info import (
+    common_k_bound,
     embed_pairs,
     embed_pairs_with_modality_statistics,
     infonce_bound,
@@ -47,6 +48,7 @@ from cortexcl.tuning.checkpoints import BACKBONE, load_heads, save_tuned
 from cortexcl.tuning.trainer import CHECKPOINT, TrainingSet, TrainSettings, train
 
 SIMULATION_VERSION = "v2"  # bump when the simulated data of a configuration changes
+MI_SUBSETS = 100  # random subsets averaged by the common-K bound
 
 
 @dataclass
@@ -437,9 +439,16 @@ def _mutual_info(job: Job, context: StudyContext, model_dir: Path) -> None:
                 target.responses[split.train]),
         (target.images.batches(split.test, batch, context.device), target.responses[split.test]),
         subject=job.subject if tuned_by == "pooled" else None)
+    # A common K for comparisons across subjects: the smallest test part of the study.
+    common_k = min(len(test[0]), *(len(context.split(context.subject(name)).test)
+                                   for name in map(subject_name, context.config.data.subjects)))
+    rng = np.random.default_rng(job_seed(context.config.seed, f"mi/{job.key}"))
     result = {"mi_bits": infonce_bound(*test, settings.temperature),
               "mi_bits_modality_bn": infonce_bound(*own, settings.temperature),
-              "mi_log2_k": float(np.log2(len(test[0]))), "mi_temperature": settings.temperature}
+              "mi_log2_k": float(np.log2(len(test[0]))), "mi_temperature": settings.temperature,
+              "mi_common_k": common_k,
+              "mi_bits_common_k": common_k_bound(*test, common_k, MI_SUBSETS, rng,
+                                                 settings.temperature)}
     if context.config.evaluation.temperature_scan and len(target.val) > 1:
         beta, _ = select_temperature_on_val(*embed(target.val), base=settings.temperature)
         result.update(mi_scan_beta=beta,
