@@ -21,6 +21,10 @@ test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest
 
+test-all: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest -m ""
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 

@@ -4,6 +4,9 @@ and a whole study with every evaluation switched on."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -225,3 +228,18 @@ def test_report_shows_every_evaluation(full_study):
                   "Transfer to NOD", "Classification probes", "Model landscape",
                   "Lateralization of salience", "Salience maps"):
         assert title in page
+
+
+@pytest.mark.slow
+def test_backbone_tuned_on_the_same_ground_truth_transfers_best(tmp_path):
+    """Subject 1's lh V1v CL model encodes subject 2's lh V1v better than untuned, and better
+    than subject 1's FFA-1 model (a different ground truth). About 5 minutes on 2 CPU cores;
+    at 400 images and 4 epochs the effect is not reliable (see the closing note of issue 4)."""
+    script = Path(__file__).parents[1] / "benchmarks" / "transfer_ground_truth.py"
+    done = subprocess.run([sys.executable, str(script), "--n-images", "1000", "--epochs", "8",
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                          check=True, env={**os.environ, "CORTEXCL_CACHE": str(tmp_path)})
+    v1v = json.loads(done.stdout)["targets"]["V1v"]
+    assert v1v["fraction_improved_vs_untuned"]["V1v"] > 0.5
+    control = v1v["matching_vs_control"]["FFA-1"]
+    assert control["fraction_matching_better"] > 0.5 and control["p_wilcoxon"] < 0.05
