@@ -50,7 +50,6 @@ from cortexcl.tuning.checkpoints import BACKBONE
 CLASSIFICATION = "classification"
 SALIENCY = "saliency"
 N_EXAMPLES = 4
-ORACLE = "oracle"
 
 
 _DATASETS: dict[str, ProbeDataset] = {}
