@@ -108,7 +108,7 @@ def test_cache_is_built_once_and_reused(image_files, tmp_path, monkeypatch):
     expected = np.array(first.array())
     assert sorted(p.name for p in cache.iterdir()) == [f"{first.key}.npy"]
 
-    def no_decoding(path, size):
+    def no_decoding(path, size, fit):
         raise AssertionError(f"decoded {path} again")
 
     monkeypatch.setattr(images_module, "_decode_image", no_decoding)
@@ -183,10 +183,10 @@ def test_corrupt_image_raises_and_writes_nothing(image_files, tmp_path, damage):
 def test_interrupted_build_leaves_no_cache(image_files, tmp_path, monkeypatch):
     real_decode = images_module._decode_image
 
-    def interrupted(path, size):
+    def interrupted(path, size, fit):
         if path.name == "gray.png":
             raise KeyboardInterrupt
-        return real_decode(path, size)
+        return real_decode(path, size, fit)
 
     monkeypatch.setattr(images_module, "_decode_image", interrupted)
     cache = tmp_path / "cache"
@@ -227,3 +227,19 @@ def test_cuda_batches_match_cpu(image_files, tmp_path):
     torch.testing.assert_close(on_gpu.cpu(), store.tensor(indices), rtol=0, atol=1e-6)
     gpu_batches = torch.cat(list(store.batches(indices, 3, device="cuda"))).cpu()
     torch.testing.assert_close(gpu_batches, store.tensor(indices), rtol=0, atol=1e-6)
+
+
+def test_crop_fit_keeps_the_aspect_ratio(image_files, tmp_path):
+    stretched = ImageStore(image_files, size=SIZE, cache_dir=tmp_path / "cache", progress=False)
+    cropped = ImageStore(image_files, size=SIZE, cache_dir=tmp_path / "cache", progress=False,
+                         fit="crop")
+    assert cropped.key != stretched.key
+    crop = transforms.Compose([transforms.Resize(SIZE), transforms.CenterCrop(SIZE)])
+    for i, path in enumerate(image_files):
+        with Image.open(path) as image:
+            expected = np.asarray(crop(image.convert("RGB")))
+        np.testing.assert_array_equal(cropped.array()[i], expected)
+    wide = image_files.index(next(p for p in image_files if p.name.startswith("wide")))
+    assert not np.array_equal(cropped.array()[wide], stretched.array()[wide])
+    with pytest.raises(InputError, match="image fit"):
+        ImageStore(image_files, size=SIZE, fit="pad")

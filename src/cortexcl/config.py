@@ -143,6 +143,9 @@ class NODTransferConfig(_Strict):
     normalization: Literal["run", "block"] = Field(
         "run", description="run: z-score each vertex per run; block: the published whole-run "
                            "z-score")
+    image_fit: Literal["stretch", "crop"] = Field(
+        "stretch", description="stretch the 4:3 stimuli to squares (published) or keep their "
+                               "aspect: shorter side resized, centre cropped")
     stream: Literal["ventral", "dorsal"] = Field(
         "ventral", description="NSD V1-V3 models used for NOD V1-V3: V1v… or V1d…")
     methods: list[Method] = Field(default_factory=lambda: ["untuned", "cl"], min_length=1)

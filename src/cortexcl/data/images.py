@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torchvision import transforms
 from tqdm.auto import tqdm
 
 from cortexcl.errors import InputError
@@ -29,6 +30,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _CHUNK_BYTES = 1 << 20
 _CACHE_VERSION = "images-v1"
+FITS = ("stretch", "crop")
 
 
 def default_cache_dir() -> Path:
@@ -63,12 +65,18 @@ def normalize(batch_uint8: torch.Tensor) -> torch.Tensor:
     return batch_uint8.to(torch.float32).div_(255.0).sub_(mean).div_(std)
 
 
-def _decode_image(path: Path, size: int) -> np.ndarray:
-    """Decode one image file to a uint8 (size, size, 3) RGB array (bilinear, antialiased)."""
+def _decode_image(path: Path, size: int, fit: str = "stretch") -> np.ndarray:
+    """Decode one image file to a uint8 (size, size, 3) RGB array (bilinear, antialiased).
+
+    ``fit="stretch"`` resizes the whole image to the square; ``"crop"`` keeps the aspect ratio:
+    the shorter side is resized to ``size`` and the centre square is kept.
+    """
     try:
         with Image.open(path) as image:
             rgb = image.convert("RGB")
-            if rgb.size != (size, size):
+            if fit == "crop" and rgb.width != rgb.height:
+                rgb = transforms.CenterCrop(size)(transforms.Resize(size)(rgb))
+            elif rgb.size != (size, size):
                 rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
             return np.asarray(rgb, dtype=np.uint8)
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
@@ -83,7 +91,10 @@ class ImageStore:
     paths : sequence of str or Path
         Image files; row i of every array and tensor is ``paths[i]``.
     size : int
-        Images are resized to ``size`` × ``size`` (stretched when not square).
+        Images are resized to ``size`` × ``size``.
+    fit : {"stretch", "crop"}
+        A non-square image is stretched to the square (the published NSD/NOD transform) or,
+        with ``crop``, resized by its shorter side and centre-cropped (aspect kept).
     cache_dir : str or Path, optional
         Folder of the cache; default ``default_cache_dir() / "images"``.
     workers : int, optional
@@ -109,7 +120,11 @@ class ImageStore:
         cache_dir: str | Path | None = None,
         workers: int | None = None,
         progress: bool = True,
+        fit: str = "stretch",
     ) -> None:
+        if fit not in FITS:
+            raise InputError(f"image fit must be one of {', '.join(FITS)}, got {fit!r}")
+        self.fit = fit
         self.paths: list[Path] = [Path(path) for path in paths]
         if not self.paths:
             raise InputError("no image files given")
@@ -141,6 +156,8 @@ class ImageStore:
         """Hex key of the file names, byte sizes, contents and size; names the cache file."""
         digest = hashlib.blake2b(digest_size=16)
         digest.update(f"{_CACHE_VERSION}\0size={self.size}\0n={len(self)}\0".encode())
+        if self.fit != "stretch":  # stretched caches keep their earlier keys
+            digest.update(f"fit={self.fit}\0".encode())
         content = hashlib.blake2b(digest_size=32)
         bar = tqdm(
             total=sum(self._byte_sizes),
@@ -218,7 +235,8 @@ class ImageStore:
                 for start in range(0, len(self), chunk):
                     stop = min(start + chunk, len(self))
                     decoded = pool.map(
-                        _decode_image, self.paths[start:stop], [self.size] * (stop - start)
+                        _decode_image, self.paths[start:stop], [self.size] * (stop - start),
+                        [self.fit] * (stop - start)
                     )
                     for index, image in enumerate(decoded, start):
                         out[index] = image

@@ -682,6 +682,7 @@ def load_nod_subject(
     atlas_dir: str | Path | None = None,
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    image_fit: str = "stretch",
 ) -> NODSubject:
     """Open, check and load one NOD subject (ImageNet sessions).
 
@@ -693,6 +694,9 @@ def load_nod_subject(
         1, "01" or "sub-01".
     image_size : int
         Side of the square images served by ``images``.
+    image_fit : {"stretch", "crop"}
+        How the non-square stimuli become square: stretched (the published NSD transform) or
+        resized by the shorter side and centre-cropped (aspect kept); see `ImageStore`.
     top_k : int, None or "all"
         Vertices kept per hemisphere and ROI: the ``top_k`` largest pRF R² (NaN = 0) within the
         Glasser area; None or "all" keeps every vertex of the area.
@@ -800,7 +804,8 @@ def load_nod_subject(
     if superclasses is not None:
         trials = trials.merge(superclasses, on="synset", how="left", validate="many_to_one")
     paths = [root / "stimuli" / stim for stim in trials["stim_file"]]
-    images = ImageStore(paths, size=image_size, cache_dir=cache_dir, progress=progress)
+    images = ImageStore(paths, size=image_size, cache_dir=cache_dir, progress=progress,
+                        fit=image_fit)
     return NODSubject(
         name=name,
         dataset_root=root,

@@ -86,7 +86,7 @@ class StudyContext:
             self._subjects[name] = load_nod_subject(
                 prepare_nod_data(nod, self.progress), name, image_size=self.config.data.image_size,
                 top_k=nod.top_k, normalization=nod.normalization, sessions=sessions,
-                progress=self.progress)
+                progress=self.progress, image_fit=nod.image_fit)
         return self._subjects[name]
 
     def roi_size(self, subject: str, hemisphere: str, roi: str) -> int:
