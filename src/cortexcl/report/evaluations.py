@@ -16,7 +16,6 @@ from cortexcl.report.transfer_figures import (
     cross_subject_heatmaps,
     nod_transfer_bars,
     pooled_vs_cross_scatter,
-    read_table,
 )
 
 Drawer = Callable[[RunResults, Path], ReportFigure | None]
@@ -25,7 +24,7 @@ SIDE_COLORS = {"lh": "#1f77b4", "rh": "#d62728", "": "#555555"}
 
 def classification_matrix(results: RunResults, out_dir: Path) -> ReportFigure | None:
     """Probe accuracy per hemisphere × ROI and model (METHOD.md §5)."""
-    table = read_table(results, "classification.csv")
+    table = results.read_table("classification.csv")
     if table is None or (table["method"] == "untuned").all():
         return None
     dataset = str(table["dataset"].iloc[0])
@@ -43,12 +42,12 @@ def landscape_figure(results: RunResults, out_dir: Path) -> ReportFigure | None:
     """The model landscape: the first two embedding components, coloured by accuracy."""
     from cortexcl.study.probe_jobs import embed
 
-    distances = read_table(results, "landscape_distances.csv")
-    accuracy = read_table(results, "classification.csv")
+    distances = results.read_table("landscape_distances.csv")
+    accuracy = results.read_table("classification.csv")
     if distances is None or accuracy is None:
         return None
     distances = distances.set_index("model")
-    variant = str(read_table(results, "landscape.csv")["variant"].iloc[0])
+    variant = str(results.read_table("landscape.csv")["variant"].iloc[0])
     embedding = embed(distances, variant, seed=0)
     groups = {}
     labels = accuracy.astype({"hemisphere": object, "roi": object})
@@ -72,7 +71,7 @@ def saliency_bars(results: RunResults, out_dir: Path) -> ReportFigure | None:
     """Mean flip-controlled lateralization index b per model, with bootstrap CIs."""
     import matplotlib.pyplot as plt
 
-    table = read_table(results, "saliency.csv")
+    table = results.read_table("saliency.csv")
     if table is None:
         return None
     table = table[table["axis"] == "horizontal"].astype({"hemisphere": object})

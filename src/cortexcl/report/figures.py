@@ -139,6 +139,17 @@ class RunResults:
                              f"(subjects: {', '.join(self.subjects)})")
         return name
 
+    def read_table(self, name: str) -> pd.DataFrame | None:
+        """``<run>/tables/<name>``, or None when it is missing, empty or unreadable."""
+        path = self.path("tables", name)
+        if not path.is_file() or path.stat().st_size == 0:
+            return None
+        try:
+            table = pd.read_csv(path)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+            return None
+        return None if table.empty else table
+
     def voxel_r(self, subject: str, hemisphere: str, roi: str, method: str) -> np.ndarray | None:
         """Per-vertex test r of one result, or None when the run lacks it."""
         path = self.path("encoding", subject, hemisphere, roi, method, "voxel_r.npy")

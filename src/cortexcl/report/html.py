@@ -89,14 +89,14 @@ def render_report(results: RunResults, figures: list[ReportFigure], notes: list[
              f"{_e(', created ' + manifest['created']) if 'created' in manifest else ''}.</p>",
              _overview(results, manifest), _weights_section(results, manifest),
              "<h2>Results</h2>", _comparison(results)]
-    groups = _read_table(results.path("tables", "groups.csv"))
+    groups = results.read_table("groups.csv")
     if groups is not None:
         parts += ["<h3>ROI groups</h3>",
                   "<p class='note'>Per subject, the mean over the ROIs of each group that every "
                   "backbone has; then mean and SD over subjects, with paired tests across "
                   "subjects (p_t: paired t test, p_wilcoxon: Wilcoxon signed-rank).</p>",
                   html_table(groups)]
-    excluded = _read_table(results.path("tables", "excluded.csv"))
+    excluded = results.read_table("excluded.csv")
     if excluded is not None:
         parts += ["<h3>Excluded ROIs</h3>", html_table(excluded)]
     parts += ["<h2>Figures</h2>", *(_figure(f) for f in figures)]
@@ -106,7 +106,7 @@ def render_report(results: RunResults, figures: list[ReportFigure], notes: list[
               _details("All results (tables/encoding.csv)", html_table(_keys_first(results.table)))]
     for path in sorted(results.path("tables").glob("*.csv")):
         if path.name not in ("encoding.csv", "groups.csv", "excluded.csv"):
-            table = _read_table(path)
+            table = results.read_table(path.name)
             if table is not None:
                 parts.append(_details(f"tables/{path.name}", html_table(table)))
     if config_text:
@@ -298,16 +298,6 @@ def _keys_first(table: pd.DataFrame) -> pd.DataFrame:
 def _details(summary: str, content: str, open_: bool = False) -> str:
     return (f"<details{' open' if open_ else ''}><summary>{_e(summary)}</summary>\n{content}\n"
             f"</details>")
-
-
-def _read_table(path: Path) -> pd.DataFrame | None:
-    if not path.is_file() or path.stat().st_size == 0:
-        return None
-    try:
-        table = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
-        return None
-    return None if table.empty else table
 
 
 def _config_name(config_text: str) -> str | None:

@@ -5,27 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from cortexcl.report.figures import ReportFigure, RunResults, method_color, save_figure
 
 GROUP_COLORS = {"early": "#1f77b4", "higher": "#d62728", "other": "#7f7f7f"}
 
 
-def read_table(results: RunResults, name: str) -> pd.DataFrame | None:
-    """``<run>/tables/<name>``, or None when it is missing or empty."""
-    path = results.path("tables", name)
-    if not path.is_file():
-        return None
-    table = pd.read_csv(path)
-    return None if table.empty else table
-
-
 def cross_subject_heatmaps(results: RunResults, out_dir: Path) -> ReportFigure | None:
     """Annotated model × target matrices of I (fraction of vertices improved), one per group."""
     import matplotlib.pyplot as plt
 
-    table = read_table(results, "cross_subject_groups.csv")
+    table = results.read_table("cross_subject_groups.csv")
     if table is None:
         return None
     table = table[table["method"] == "cl"]
@@ -68,10 +58,10 @@ def pooled_vs_cross_scatter(results: RunResults, out_dir: Path) -> ReportFigure 
     """One point per (target, hemisphere, ROI): cross-subject (x) vs pooled (y) improvement."""
     import matplotlib.pyplot as plt
 
-    points = read_table(results, "pooled_vs_cross.csv")
+    points = results.read_table("pooled_vs_cross.csv")
     if points is None:
         return None
-    tests = read_table(results, "pooled_vs_cross_tests.csv")
+    tests = results.read_table("pooled_vs_cross_tests.csv")
     methods = sorted(points["method"].unique())
     fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 4.0), squeeze=False)
     for ax, method in zip(axes[0], methods, strict=True):
@@ -107,7 +97,7 @@ def nod_transfer_bars(results: RunResults, out_dir: Path) -> ReportFigure | None
     """Mean test r of NOD V1-V4 per backbone method; the spread over source backbones."""
     import matplotlib.pyplot as plt
 
-    summary = read_table(results, "nod_transfer_summary.csv")
+    summary = results.read_table("nod_transfer_summary.csv")
     if summary is None:
         return None
     entries = summary[["hemisphere", "roi"]].drop_duplicates().to_records(index=False)
