@@ -287,3 +287,11 @@ def mds(
         kept = explained = np.full(n_components, np.nan)
     variant = f"{kind} MDS of sqrt(d_B)" + (f" (seed {seed})" if kind != "classical" else "")
     return Embedding(names, coords, kept, explained, variant, stress)
+
+
+def embed(distances: pd.DataFrame | np.ndarray, variant: str = "inpca",
+          seed: int = 0) -> Embedding:
+    """The landscape embedding of a study: ``inpca``, ``mds-metric`` or ``mds-classical``."""
+    if variant == "inpca":
+        return inpca(distances)
+    return mds(distances, kind=variant.removeprefix("mds-"), seed=seed)

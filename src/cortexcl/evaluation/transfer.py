@@ -10,7 +10,6 @@ sees test rows.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +94,6 @@ def matched_baseline(result_dir: Path, baseline: str, fallback: Path) -> np.ndar
     return np.load(own) if own.is_file() else None
 
 
-def train_image_ids(image_ids: np.ndarray, train: Iterable[int]) -> np.ndarray:
+def train_image_ids(image_ids: np.ndarray, train: np.ndarray) -> np.ndarray:
     """Image ids of a subject's training images (those that tuned its backbones)."""
-    return np.asarray(image_ids)[np.fromiter(train, dtype=np.int64)]
+    return np.asarray(image_ids)[np.asarray(train, dtype=np.int64)]

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from cortexcl.errors import InputError
+from cortexcl.evaluation.landscape import embed
 from cortexcl.evaluation.saliency import SaliencyExamples
 from cortexcl.report.figures import ReportFigure, RunResults, save_figure, timed
 from cortexcl.report.probe_figures import accuracy_matrix, landscape_scatter, model_group
@@ -40,15 +41,14 @@ def classification_matrix(results: RunResults, out_dir: Path) -> ReportFigure | 
 
 def landscape_figure(results: RunResults, out_dir: Path) -> ReportFigure | None:
     """The model landscape: the first two embedding components, coloured by accuracy."""
-    from cortexcl.study.probe_jobs import embed
-
     distances = results.read_table("landscape_distances.csv")
     accuracy = results.read_table("classification.csv")
     if distances is None or accuracy is None:
         return None
     distances = distances.set_index("model")
-    variant = str(results.read_table("landscape.csv")["variant"].iloc[0])
-    embedding = embed(distances, variant, seed=0)
+    settings = results.read_table("landscape.csv").iloc[0]
+    variant = str(settings["variant"])
+    embedding = embed(distances, variant, seed=int(settings["seed"]))
     groups = {}
     labels = accuracy.astype({"hemisphere": object, "roi": object})
     for row in labels.fillna({"hemisphere": "", "roi": ""}).itertuples():

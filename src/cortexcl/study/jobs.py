@@ -149,7 +149,6 @@ def plan_jobs(config: StudyConfig, roi_sizes: Callable[[str, str, str], int]) ->
             encodes.append(Job("encode", "untuned", subject, settings=encoding))
             untuned[subject] = encodes[-1].key
     tunes: dict[tuple[str, str, str, str], Job] = {}
-    pooled_tunes: dict[tuple[str, str, str, str], Job] = {}
     for method in (m for m in config.methods if m in TUNED_METHODS):
         tuning = settings_digest(getattr(config.tuning, method))
         scored = f"{encoding}-{tuning}" + (f"-{evaluation}" if method == "cl" else "")
@@ -183,7 +182,7 @@ def plan_jobs(config: StudyConfig, roi_sizes: Callable[[str, str, str], int]) ->
                 tune = Job("tune-pooled", method, "pooled", hemisphere, roi,
                            settings=f"{common}-{tuning}")
                 jobs.append(tune)
-                pooled_tunes[method, "pooled", hemisphere, roi] = tune
+                tunes[method, "pooled", hemisphere, roi] = tune
                 # Scored on the test images no member tuned with, against baselines
                 # re-scored on the same images: those baselines come first.
                 encodes.extend(Job("encode", method, subject, hemisphere, roi,
@@ -199,10 +198,9 @@ def plan_jobs(config: StudyConfig, roi_sizes: Callable[[str, str, str], int]) ->
                         depends_on=(tune.key, untuned[target]),
                         settings=f"{encoding}-{tune.settings}"))
     if config.evaluation.classification is not None:
-        encodes.extend(_probe_jobs(config, {**tunes, **pooled_tunes}, common))
+        encodes.extend(_probe_jobs(config, tunes, common))
     if config.evaluation.nod_transfer is not None:
-        encodes.extend(_nod_jobs(config.evaluation.nod_transfer, {**tunes, **pooled_tunes},
-                                 encoding))
+        encodes.extend(_nod_jobs(config.evaluation.nod_transfer, tunes, encoding))
     jobs.extend(encodes)
     # Every section but how the jobs run (executor, device), which changes no result.
     results = [name for name in StudyConfig.model_fields if name != "execution"]
@@ -231,6 +229,14 @@ def _nod_jobs(nod: NODTransferConfig, tunes: dict[tuple[str, str, str, str], Job
 def backbone_name(method: str, source: str, hemisphere: str, roi: str) -> str:
     """Folder name of a backbone in evaluations: ``untuned`` or ``cl__subj01__lh__V1v``."""
     return "untuned" if method == "untuned" else "__".join((method, source, hemisphere, roi))
+
+
+def parse_backbone_name(name: str) -> dict[str, str]:
+    """The inverse of `backbone_name`: method, subject, hemisphere, roi (empty for untuned)."""
+    if name == "untuned":
+        return {"method": "untuned", "subject": "", "hemisphere": "", "roi": ""}
+    method, subject, hemisphere, roi = name.split("__")
+    return {"method": method, "subject": subject, "hemisphere": hemisphere, "roi": roi}
 
 
 def _probe_jobs(config: StudyConfig, tunes: dict[tuple[str, str, str, str], Job],

@@ -33,7 +33,7 @@ from cortexcl.evaluation.classification import (
     probe_transform,
     simulated_dataset,
 )
-from cortexcl.evaluation.landscape import bhattacharyya_distances, inpca, mds
+from cortexcl.evaluation.landscape import bhattacharyya_distances, embed
 from cortexcl.evaluation.saliency import (
     ProbeNetwork,
     lateralization,
@@ -43,7 +43,7 @@ from cortexcl.evaluation.saliency import (
     saliency_examples,
 )
 from cortexcl.models.backbones import load_alexnet
-from cortexcl.study.jobs import Job, backbone_name
+from cortexcl.study.jobs import Job, backbone_name, parse_backbone_name
 from cortexcl.study.store import RunDirectory
 from cortexcl.tuning.checkpoints import BACKBONE
 
@@ -96,13 +96,6 @@ def _probe_folders(run: RunDirectory) -> list[Path]:
                   run.path(CLASSIFICATION).glob("*/*/summary.json"))
 
 
-def _parse(name: str) -> dict[str, str]:
-    if name == "untuned":
-        return {"method": "untuned", "subject": "", "hemisphere": "", "roi": ""}
-    method, subject, hemisphere, roi = name.split("__")
-    return {"method": method, "subject": subject, "hemisphere": hemisphere, "roi": roi}
-
-
 def run_landscape(run: RunDirectory, config: StudyConfig) -> None:
     """Bhattacharyya distances between all probes (and the oracle) and their embedding."""
     folders = _probe_folders(run)
@@ -116,14 +109,8 @@ def run_landscape(run: RunDirectory, config: StudyConfig) -> None:
     frame = embedding.frame().reset_index(drop=True)
     frame.insert(0, "model", list(distances.index))
     frame["variant"] = config.evaluation.landscape.embedding
+    frame["seed"] = config.seed  # the report redraws the embedding from the distances
     atomic_write_csv(run.path("tables", "landscape.csv"), frame)
-
-
-def embed(distances: pd.DataFrame, variant: str, seed: int) -> Any:
-    """The landscape embedding: ``inpca``, ``mds-metric`` or ``mds-classical``."""
-    if variant == "inpca":
-        return inpca(distances)
-    return mds(distances, kind=variant.removeprefix("mds-"), seed=seed)
 
 
 class _DatasetImages:
@@ -183,8 +170,8 @@ def write_probe_tables(run: RunDirectory) -> None:
     """``classification.csv`` (one row per backbone) and the saliency tables."""
     folders = _probe_folders(run)
     if folders:
-        rows = [{**_parse(folder.name), **json.loads((folder / "summary.json").read_text())}
-                for folder in folders]
+        rows = [{**parse_backbone_name(folder.name),
+                 **json.loads((folder / "summary.json").read_text())} for folder in folders]
         for row in rows:  # recorded in each summary.json; too long for a table cell
             row.pop("transform", None)
         atomic_write_csv(run.path("tables", "classification.csv"), pd.DataFrame(rows))
@@ -211,7 +198,7 @@ def saliency_tables(b_values: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame
     models, pairs = [], []
     for name, table in b_values.items():
         for axis, part in table.groupby("axis"):
-            models.append({**_parse(name), "model": name, "axis": axis,
+            models.append({**parse_backbone_name(name), "model": name, "axis": axis,
                            "mean_li": part["li"].mean(),
                            "mean_li_flipped": part["li_flipped"].mean(),
                            **one_sample_test(part["b"].to_numpy())})
