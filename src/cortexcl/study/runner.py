@@ -256,14 +256,20 @@ def job_seed(seed: int, key: str) -> int:
     return int(np.random.SeedSequence([seed, *key.encode()]).generate_state(1)[0])
 
 
+def _pooled_members(context: StudyContext, hemisphere: str, roi: str) -> list[str]:
+    """Subjects whose ROI is large enough to take part in its pooled model."""
+    minimum = context.config.selection.min_vertices
+    return [name for name in map(subject_name, sorted(context.config.data.subjects))
+            if context.roi_size(name, hemisphere, roi) >= minimum]
+
+
 def _tuning_setup(job: Job, context: StudyContext) -> tuple[torch.nn.Module, list[TrainingSet],
                                                                Any, int]:
     """Build a tuning job's model (seeded) and its training data; shared by tuning and MI."""
     config = context.config
     minimum = config.selection.min_vertices
     if job.kind == "tune-pooled":
-        members = [name for name in map(subject_name, sorted(config.data.subjects))
-                   if context.roi_size(name, job.hemisphere, job.roi) >= minimum]
+        members = _pooled_members(context, job.hemisphere, job.roi)
         settings = config.tuning.pooled
         spec, options = TUNING_METHODS["pooled"], {
             "mode": job.method.removeprefix("pooled-"),
@@ -324,14 +330,15 @@ def _encode(job: Job, context: StudyContext) -> None:
     else:
         weights = _tuned_backbone(context, job.method, job.subject, job.hemisphere, job.roi)
         hemispheres, rois = [job.hemisphere], [job.roi]
-    pooled = job.method.startswith("pooled")
+    # Pooled backbones saw other subjects' images: those leave the test part.
+    others = _tuning_image_ids(context, job) if job.method.startswith("pooled") else None
     _, excluded = _encode_with(context, subject, context.run, weights, job.method, hemispheres,
-                               rois, _tuning_image_ids(context, job) if pooled else None)
+                               rois, others)
     atomic_write_csv(out / "excluded.csv", excluded)
-    if pooled:
+    if others is not None:
         _write_matched(context, context.run, subject, job, job.method, ("untuned", "rt"))
     if job.method != "rt" and job.method != "untuned" and config.evaluation.mutual_info:
-        _mutual_info(job, context, weights.parent)
+        _mutual_info(job, context, weights.parent, others)
 
 
 def _cross(job: Job, context: StudyContext) -> None:
@@ -374,12 +381,8 @@ def _tuning_image_ids(context: StudyContext, job: Job) -> np.ndarray:
     (the NSD shared images), and are dropped from it.
     """
     method, source = split_transfer(job.method)
-    if method.startswith("pooled"):
-        minimum = context.config.selection.min_vertices
-        sources = [name for name in map(subject_name, context.config.data.subjects)
-                   if context.roi_size(name, job.hemisphere, job.roi) >= minimum]
-    else:
-        sources = [source]
+    sources = (_pooled_members(context, job.hemisphere, job.roi) if method.startswith("pooled")
+               else [source])
     ids = [train_image_ids(data.image_ids, context.split(data).train)
            for data in map(context.subject, sources) if data.name != job.subject]
     return np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
@@ -406,8 +409,12 @@ def _write_matched(context: StudyContext, run: RunDirectory, subject: Subject, j
                  for name in baselines}, subject.responses(job.hemisphere, job.roi))
 
 
-def _mutual_info(job: Job, context: StudyContext, model_dir: Path) -> None:
+def _mutual_info(job: Job, context: StudyContext, model_dir: Path,
+                 exclude_test_ids: np.ndarray | None) -> None:
     """InfoNCE bound (bits) of a contrastive model on the subject's test pairs.
+
+    Test pairs whose image id is in ``exclude_test_ids`` (images other subjects tuned a
+    pooled model with) are left out.
 
     ``mi_bits`` embeds in eval mode with the head's running statistics (METHOD.md §7.1);
     ``mi_bits_modality_bn`` uses each modality's own statistics, re-estimated on the train
@@ -431,8 +438,8 @@ def _mutual_info(job: Job, context: StudyContext, model_dir: Path) -> None:
 
     subject = context.subject(job.subject)
     split = context.split(subject)
-    if tuned_by == "pooled":  # test pairs that other members tuned with are left out
-        split, _ = without_test_images(split, subject.image_ids, _tuning_image_ids(context, job))
+    if exclude_test_ids is not None:
+        split, _ = without_test_images(split, subject.image_ids, exclude_test_ids)
     test = embed(split.test)
     own = embed_pairs_with_modality_statistics(
         model, (target.images.batches(split.train, batch, context.device),
