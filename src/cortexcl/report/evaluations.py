@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from cortexcl.errors import InputError
 from cortexcl.evaluation.landscape import embed
@@ -69,14 +70,13 @@ def landscape_figure(results: RunResults, out_dir: Path) -> ReportFigure | None:
 
 def saliency_bars(results: RunResults, out_dir: Path) -> ReportFigure | None:
     """Mean flip-controlled lateralization index b per model, with bootstrap CIs."""
-    import matplotlib.pyplot as plt
-
     table = results.read_table("saliency.csv")
     if table is None:
         return None
     table = table[table["axis"] == "horizontal"].astype({"hemisphere": object})
     table = table.fillna({"hemisphere": ""}).reset_index()
-    fig, ax = plt.subplots(figsize=(1.5 + 0.45 * len(table), 3.6))
+    fig = Figure(figsize=(1.5 + 0.45 * len(table), 3.6))
+    ax = fig.subplots()
     x = np.arange(len(table))
     colors = [SIDE_COLORS.get(side, "#555555") for side in table["hemisphere"]]
     ax.bar(x, table["mean"], color=colors)
@@ -88,7 +88,6 @@ def saliency_bars(results: RunResults, out_dir: Path) -> ReportFigure | None:
                   fontsize=7)
     ax.set_ylabel("b = ½ [LI(x) + LI(flip x)]")
     path = save_figure(fig, out_dir / "saliency_index.png")
-    plt.close(fig)
     return ReportFigure(
         "saliency_index", path, "Lateralization of salience",
         "Flip-controlled lateralization index b per model (mean over the probe-test images, "

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from cortexcl.report.figures import ReportFigure, RunResults, method_color, save_figure
 
@@ -13,8 +14,6 @@ GROUP_COLORS = {"early": "#1f77b4", "higher": "#d62728", "other": "#7f7f7f"}
 
 def cross_subject_heatmaps(results: RunResults, out_dir: Path) -> ReportFigure | None:
     """Annotated model × target matrices of I (fraction of vertices improved), one per group."""
-    import matplotlib.pyplot as plt
-
     table = results.read_table("cross_subject_groups.csv")
     if table is None:
         return None
@@ -23,8 +22,8 @@ def cross_subject_heatmaps(results: RunResults, out_dir: Path) -> ReportFigure |
     subjects = sorted(set(table["model_subject"]) | set(table["target_subject"]))
     n = len(subjects)
     side = max(2.4, 0.75 * n)
-    fig, axes = plt.subplots(1, len(groups), figsize=(1.6 + 1.15 * side * len(groups),
-                                                      1.4 + 0.65 * n), squeeze=False)
+    fig = Figure(figsize=(1.6 + 1.15 * side * len(groups), 1.4 + 0.65 * n))
+    axes = fig.subplots(1, len(groups), squeeze=False)
     image = None
     for ax, group in zip(axes[0], groups, strict=True):
         part = table[table["group"] == group]
@@ -45,7 +44,6 @@ def cross_subject_heatmaps(results: RunResults, out_dir: Path) -> ReportFigure |
                      fontsize=9)
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="fraction of vertices improved")
     path = save_figure(fig, out_dir / "cross_subject.png")
-    plt.close(fig)
     return ReportFigure(
         "cross_subject", path, "Cross-subject transfer",
         "I[m, t]: the fraction of target t's vertices where the CL backbone tuned on model "
@@ -56,14 +54,13 @@ def cross_subject_heatmaps(results: RunResults, out_dir: Path) -> ReportFigure |
 
 def pooled_vs_cross_scatter(results: RunResults, out_dir: Path) -> ReportFigure | None:
     """One point per (target, hemisphere, ROI): cross-subject (x) vs pooled (y) improvement."""
-    import matplotlib.pyplot as plt
-
     points = results.read_table("pooled_vs_cross.csv")
     if points is None:
         return None
     tests = results.read_table("pooled_vs_cross_tests.csv")
     methods = sorted(points["method"].unique())
-    fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 4.0), squeeze=False)
+    fig = Figure(figsize=(4.2 * len(methods), 4.0))
+    axes = fig.subplots(1, len(methods), squeeze=False)
     for ax, method in zip(axes[0], methods, strict=True):
         part = points[points["method"] == method]
         for group, members in part.groupby("group"):
@@ -83,7 +80,6 @@ def pooled_vs_cross_scatter(results: RunResults, out_dir: Path) -> ReportFigure 
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=8, loc="lower right")
     path = save_figure(fig, out_dir / "pooled_vs_cross.png")
-    plt.close(fig)
     return ReportFigure(
         "pooled_vs_cross", path, "Pooled vs cross-subject backbones",
         "One point per target subject × hemisphere × ROI: x = mean over the other subjects' "
@@ -95,15 +91,14 @@ def pooled_vs_cross_scatter(results: RunResults, out_dir: Path) -> ReportFigure 
 
 def nod_transfer_bars(results: RunResults, out_dir: Path) -> ReportFigure | None:
     """Mean test r of NOD V1-V4 per backbone method; the spread over source backbones."""
-    import matplotlib.pyplot as plt
-
     summary = results.read_table("nod_transfer_summary.csv")
     if summary is None:
         return None
     entries = summary[["hemisphere", "roi"]].drop_duplicates().to_records(index=False)
     methods = sorted(summary["method"].unique(), key=lambda m: (m != "untuned", m))
     width = 0.8 / len(methods)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(entries), 3.6))
+    fig = Figure(figsize=(1.2 + 0.9 * len(entries), 3.6))
+    ax = fig.subplots()
     for i, method in enumerate(methods):
         part = summary[summary["method"] == method].set_index(["hemisphere", "roi"])
         rows = part.reindex([tuple(entry) for entry in entries])
@@ -117,7 +112,6 @@ def nod_transfer_bars(results: RunResults, out_dir: Path) -> ReportFigure | None
     ax.set_ylabel("mean test r (NOD)")
     ax.legend(fontsize=8)
     path = save_figure(fig, out_dir / "nod_transfer.png")
-    plt.close(fig)
     return ReportFigure(
         "nod_transfer", path, "Transfer to NOD",
         "Mean test r of each NOD area (top vertices by pRF R²) encoded with the untuned "
