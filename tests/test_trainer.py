@@ -96,17 +96,25 @@ def record_loss_calls(model) -> list[tuple[str, int, int, bool]]:
     return calls
 
 
+# Learning is asserted with margins that hold across CPUs: the loss trajectory of a tiny batch
+# depends on the machine's kernels (summation order), so the tests use a moderate learning rate,
+# average the last five epochs, and keep their bounds far from what 16 seeds × 1 and 2 threads
+# reached here. Same-seed determinism on one machine is tested on its own
+# (test_seed_decides_the_result).
+LEARNING = {"epochs": 20, "lr": 3e-3}
+
+
 def test_contrastive_training_learns_to_match_images_and_responses(store, tmp_path):
-    log = fit(cl_model(50, dropout=0.0), [dataset(store, 50)], tmp_path, epochs=12, lr=1e-2)
+    log = fit(cl_model(50, dropout=0.0), [dataset(store, 50)], tmp_path, **LEARNING)
     chance = np.log(8)  # InfoNCE of a batch of 8 pairs with uninformative embeddings
-    assert log.train_loss.iloc[0] > 0.8 * chance
-    assert log.train_loss.iloc[-3:].max() < 0.5 * chance
+    assert log.train_loss.iloc[0] > 0.7 * chance  # seen: 0.80-1.19 x chance
+    assert log.train_loss.iloc[-5:].mean() < 0.5 * chance  # seen: 0.21-0.35 x chance
 
 
 def test_regression_training_lowers_train_and_val_loss(store, tmp_path):
-    log = fit(rt_model(50, dropout=0.0), [dataset(store, 50)], tmp_path, epochs=12, lr=1e-2)
-    assert log.train_loss.iloc[-3:].max() < 0.5 * log.train_loss.iloc[0]
-    assert log.val_loss.iloc[-1] < 0.5 * log.val_loss.iloc[0]  # it generalises
+    log = fit(rt_model(50, dropout=0.0), [dataset(store, 50)], tmp_path, **LEARNING)
+    assert log.train_loss.iloc[-5:].mean() < 0.3 * log.train_loss.iloc[0]  # seen: <= 0.12
+    assert log.val_loss.iloc[-5:].mean() < 0.6 * log.val_loss.iloc[0]  # generalises; <= 0.31
 
 
 def test_log_has_one_row_per_epoch_with_known_losses(store, tmp_path):
@@ -182,11 +190,13 @@ def test_checkpoint_of_other_settings_is_not_resumed(store, tmp_path, change, me
 
 
 def test_seed_decides_the_result(store, tmp_path):
-    models = {}
+    models, logs = {}, {}
     for run, seed in (("a", 0), ("b", 0), ("c", 1)):
         models[run] = cl_model()
-        fit(models[run], [dataset(store)], tmp_path / run, epochs=2, seed=seed)
-    assert_same_state(models["a"], models["b"])
+        logs[run] = fit(models[run], [dataset(store)], tmp_path / run, epochs=2, seed=seed)
+    assert_same_state(models["a"], models["b"])  # same machine, same seed: same numbers
+    pd.testing.assert_frame_equal(logs["a"].drop(columns=TIMING), logs["b"].drop(columns=TIMING),
+                                  check_exact=True)
     state_a, state_c = models["a"].state_dict(), models["c"].state_dict()
     assert not torch.equal(state_a["backbone.features.0.weight"],
                            state_c["backbone.features.0.weight"])
