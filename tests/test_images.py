@@ -35,6 +35,7 @@ def image_files(tmp_path) -> list[Path]:
         paths.append(folder / f"rgb-{i}.png")
         Image.fromarray(pixels).save(paths[-1])
     rgba = rng.integers(0, 256, size=(30, 30, 4), dtype=np.uint8)
+    rgba[..., 3] = 255  # opaque: transparency has its own test
     paths.append(folder / "rgba.png")
     Image.fromarray(rgba, "RGBA").save(paths[-1])
     paths.append(folder / "gray.png")
@@ -243,3 +244,70 @@ def test_crop_fit_keeps_the_aspect_ratio(image_files, tmp_path):
     assert not np.array_equal(cropped.array()[wide], stretched.array()[wide])
     with pytest.raises(InputError, match="image fit"):
         ImageStore(image_files, size=SIZE, fit="pad")
+
+
+def _grey_picture() -> np.ndarray:
+    """A 16 × 16 8-bit grey picture whose mean grey is about 155."""
+    return np.random.default_rng(3).integers(110, 201, size=(16, 16)).astype(np.uint8)
+
+
+def _save(path: Path, image: Image.Image, **options) -> Path:
+    image.save(path, **options)
+    return path
+
+
+@pytest.mark.parametrize("mode", ["L", "I;16", "I", "F", "P", "LA", "RGBA", "RGB"])
+def test_every_mode_decodes_to_the_picture_a_viewer_shows(tmp_path, mode):
+    grey = _grey_picture()
+    if mode == "I;16":  # a 16-bit greyscale PNG of the same picture
+        wide = grey.astype(np.uint16) * 257
+        image, name = Image.fromarray(wide), "grey16.png"
+    elif mode == "I":
+        image, name = Image.fromarray(grey.astype(np.int32) * 257), "grey32.tif"
+    elif mode == "F":
+        image, name = Image.fromarray(grey.astype(np.float32) / 255), "float.tif"
+    elif mode == "P":
+        image, name = Image.fromarray(grey, "L").convert("P"), "palette.png"
+    elif mode in ("LA", "RGBA"):  # opaque alpha: the picture itself
+        image = Image.fromarray(grey, "L").convert(mode)
+        name = f"{mode}.png"
+    else:
+        image, name = Image.fromarray(grey, "L").convert(mode), f"{mode}.png"
+    path = _save(tmp_path / name, image)
+    with Image.open(path) as opened:
+        assert opened.mode == mode or (mode, opened.mode) == ("I;16", "I")  # older Pillow
+    decoded = images_module._decode_image(path, 16)
+    expected = np.repeat(grey[..., None], 3, axis=2)
+    assert np.abs(decoded.astype(int) - expected).max() <= 1, mode
+    assert abs(decoded.mean() - grey.mean()) < 0.5
+
+
+def test_transparency_is_composited_over_white(tmp_path):
+    rgb = np.random.default_rng(4).integers(0, 256, size=(8, 8, 3)).astype(np.uint8)
+    alpha = np.tile(np.array([0, 64, 128, 255], dtype=np.uint8), (8, 2))
+    path = _save(tmp_path / "rgba.png", Image.fromarray(np.dstack([rgb, alpha]), "RGBA"))
+    decoded = images_module._decode_image(path, 8).astype(float)
+    a = alpha[..., None] / 255.0
+    np.testing.assert_allclose(decoded, a * rgb + (1 - a) * 255, atol=1)
+    assert (decoded[alpha == 0] == 255).all()  # fully transparent pixels are white
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    pixels = np.zeros((10, 20, 3), dtype=np.uint8)
+    pixels[:, :10] = 255  # left half white
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to view"
+    path = _save(tmp_path / "turned.png", image, exif=exif)
+    with Image.open(path) as opened:
+        shown = np.asarray(images_module.to_rgb8(opened))
+    assert shown.shape == (20, 10, 3)
+    assert (shown[:10] == 255).all() and (shown[10:] == 0).all()  # white on top
+
+
+@pytest.mark.parametrize("values", [np.full((4, 4), 2.0, np.float32),
+                                    np.full((4, 4), np.nan, np.float32)])
+def test_float_image_outside_unit_range_is_refused(tmp_path, values):
+    path = _save(tmp_path / "bad.tif", Image.fromarray(values))
+    with pytest.raises(InputError, match=r"bad\.tif: cannot decode image \(float image"):
+        images_module._decode_image(path, 4)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torchvision import transforms
 from tqdm.auto import tqdm
 
@@ -29,7 +29,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _CHUNK_BYTES = 1 << 20
-_CACHE_VERSION = "images-v1"
+_CACHE_VERSION = "images-v2"  # v2: bit depths scaled, alpha over white, EXIF turns
 FITS = ("stretch", "crop")
 
 
@@ -65,22 +65,69 @@ def normalize(batch_uint8: torch.Tensor) -> torch.Tensor:
     return batch_uint8.to(torch.float32).div_(255.0).sub_(mean).div_(std)
 
 
+def to_rgb8(image: Image.Image) -> Image.Image:
+    """The 8-bit RGB picture an image viewer shows for any image Pillow can open.
+
+    * EXIF orientation is applied (a photo taken upright shows upright);
+    * 16-bit greyscale (``I;16*``, and ``I`` with values in 0…65535, as 16-bit PNGs open) is
+      scaled by 255 / 65535; 32-bit float (``F``) must lie in [0, 1] and is scaled by 255;
+    * transparency (``RGBA``, ``LA``, ``PA``, palette images with a transparent colour) is
+      composited over a white background, never dropped;
+    * every other mode (``1``, ``L``, ``P``, ``CMYK``, ``YCbCr``, …) is converted by Pillow.
+
+    Raises
+    ------
+    ValueError
+        For integer or float pixel values outside the ranges above (no 8-bit picture is implied).
+    """
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        values = np.asarray(image, dtype=np.float64)
+        if image.mode == "F":
+            if values.size and not (np.isfinite(values).all() and values.min() >= 0
+                                    and values.max() <= 1):
+                raise ValueError("float image outside [0, 1]: no 8-bit picture is implied")
+            scale = 255.0
+        else:
+            if values.size and (values.min() < 0 or values.max() > 65535):
+                raise ValueError(f"{image.mode} image with values outside 0-65535")
+            scale = 255.0 / 65535.0
+        grey = np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, image).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_rgb8(path: str | os.PathLike) -> Image.Image:
+    """Open an image file as the 8-bit RGB picture a viewer shows (see `to_rgb8`).
+
+    A loader for torchvision data sets (``ImageFolder(loader=load_rgb8)``).
+    """
+    with Image.open(path) as image:
+        return to_rgb8(image)
+
+
 def _decode_image(path: Path, size: int, fit: str = "stretch") -> np.ndarray:
     """Decode one image file to a uint8 (size, size, 3) RGB array (bilinear, antialiased).
 
-    ``fit="stretch"`` resizes the whole image to the square; ``"crop"`` keeps the aspect ratio:
-    the shorter side is resized to ``size`` and the centre square is kept.
+    Every mode is first turned into the picture a viewer shows (`to_rgb8`). ``fit="stretch"``
+    resizes the whole image to the square; ``"crop"`` keeps the aspect ratio: the shorter side
+    is resized to ``size`` and the centre square is kept.
     """
     try:
-        with Image.open(path) as image:
-            rgb = image.convert("RGB")
-            if fit == "crop" and rgb.width != rgb.height:
-                rgb = transforms.CenterCrop(size)(transforms.Resize(size)(rgb))
-            elif rgb.size != (size, size):
-                rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-            return np.asarray(rgb, dtype=np.uint8)
+        rgb = load_rgb8(path)
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
         raise InputError(f"{path}: cannot decode image ({error})") from None
+    if fit == "crop" and rgb.width != rgb.height:
+        rgb = transforms.CenterCrop(size)(transforms.Resize(size)(rgb))
+    elif rgb.size != (size, size):
+        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(rgb, dtype=np.uint8)
 
 
 class ImageStore:

@@ -43,7 +43,7 @@ from cortexcl.atomic import (
     atomic_write_csv,
     atomic_write_json,
 )
-from cortexcl.data.images import default_cache_dir
+from cortexcl.data.images import default_cache_dir, load_rgb8, to_rgb8
 from cortexcl.encoding.features import extract_features, feature_path
 from cortexcl.errors import InputError
 from cortexcl.models.backbones import CANDIDATE_LAYERS, resolve_device
@@ -69,10 +69,10 @@ ProbeKind = Literal["sklearn", "torch"]
 
 
 class ToRGB:
-    """Convert a PIL image to RGB (Caltech-256 holds some grayscale and CMYK JPEGs)."""
+    """The 8-bit RGB picture a viewer shows (`to_rgb8`; Caltech-256 holds grey and CMYK JPEGs)."""
 
     def __call__(self, image: Image.Image) -> Image.Image:
-        return image.convert("RGB")
+        return to_rgb8(image)
 
     def __repr__(self) -> str:
         return "ToRGB()"
@@ -146,7 +146,7 @@ def _missing(name: str, root: Path, detail: str = "not found") -> InputError:
 
 def _image_folder(name: str, root: Path, transform: Callable) -> datasets.ImageFolder:
     try:
-        return datasets.ImageFolder(root, transform=transform)
+        return datasets.ImageFolder(root, transform=transform, loader=load_rgb8)
     except (FileNotFoundError, RuntimeError, OSError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else "unreadable"
         raise _missing(name, root, f"unreadable ({reason})") from None
@@ -155,7 +155,7 @@ def _image_folder(name: str, root: Path, transform: Callable) -> datasets.ImageF
 def _open_imagenet(root: Path, transform: Callable) -> Dataset:
     if (root / "meta.bin").is_file() or (root / "ILSVRC2012_devkit_t12.tar.gz").is_file():
         try:
-            return datasets.ImageNet(root, split="val", transform=transform)
+            return datasets.ImageNet(root, split="val", transform=transform, loader=load_rgb8)
         except (RuntimeError, OSError) as error:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else "unreadable"
             raise _missing("imagenet", root, f"unreadable ({reason})") from None
@@ -172,7 +172,7 @@ def _open_caltech256(root: Path, transform: Callable) -> Dataset:
 def _open_places365(root: Path, transform: Callable) -> Dataset:
     try:
         data = datasets.Places365(root, split="val", small=True, download=False,
-                                  transform=transform)
+                                  transform=transform, loader=load_rgb8)
     except (RuntimeError, OSError):
         raise _missing("places365", root) from None
     if not Path(data.images_dir).is_dir():
@@ -285,7 +285,7 @@ def simulated_dataset(
                 target = tmp / f"{label}-{annotation['background']}" / f"{index:06d}.png"
                 target.parent.mkdir(exist_ok=True)
                 Image.fromarray(image).save(target)
-    data = datasets.ImageFolder(str(folder), transform=transform)
+    data = datasets.ImageFolder(str(folder), transform=transform, loader=load_rgb8)
     return ProbeDataset("simulated", data, identity, repr(transform))
 
 
