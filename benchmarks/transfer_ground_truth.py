@@ -28,8 +28,8 @@ from cortexcl.data.algonauts import load_subject
 from cortexcl.encoding.pipeline import encode_subject
 from cortexcl.evaluation.transfer import train_image_ids
 from cortexcl.metrics import paired_wilcoxon
+from cortexcl.rundir import RunDirectory
 from cortexcl.study.runner import StudyContext, prepare_data, run_study
-from cortexcl.study.store import RunDirectory
 from cortexcl.tuning.checkpoints import BACKBONE
 
 ROIS = ("V1v", "FFA-1", "EBA")

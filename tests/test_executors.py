@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from cortexcl.cli import app
 from cortexcl.config import ExecutionConfig
 from cortexcl.errors import InputError
+from cortexcl.rundir import RunDirectory
 from cortexcl.study import runner
 from cortexcl.study.executors import (
     RayExecutor,
@@ -22,7 +23,6 @@ from cortexcl.study.executors import (
 )
 from cortexcl.study.jobs import Job
 from cortexcl.study.runner import run_study
-from cortexcl.study.store import RunDirectory
 from cortexcl.tuning.trainer import CHECKPOINT
 from study_helpers import assert_same_results, fill_cache, study
 

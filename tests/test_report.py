@@ -25,7 +25,7 @@ from cortexcl.report.figures import (
     surface_values,
 )
 from cortexcl.report.html import comparison_frame, format_number
-from cortexcl.study.store import RunDirectory
+from cortexcl.rundir import RunDirectory
 
 ROIS = ("V1v", "hV4", "early")
 CONFIG = "name: report-test\nseed: 0\nweights: none\nmethods: [untuned, cl]\n"

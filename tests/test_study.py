@@ -18,11 +18,11 @@ from safetensors.torch import load_file
 
 from cortexcl.config import StudyConfig
 from cortexcl.models.backbones import load_alexnet
+from cortexcl.rundir import RunDirectory
 from cortexcl.study import runner
 from cortexcl.study.executors import SerialExecutor
 from cortexcl.study.jobs import DONE, Job, plan_jobs
 from cortexcl.study.runner import StudyContext, prepare_data, run_study
-from cortexcl.study.store import RunDirectory
 from cortexcl.tuning.checkpoints import BACKBONE, META
 from cortexcl.tuning.trainer import CHECKPOINT, TRAIN_LOG
 from study_helpers import (

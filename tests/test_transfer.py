@@ -25,8 +25,8 @@ from cortexcl.evaluation.cross_subject import (
     pooled_vs_cross_tests,
 )
 from cortexcl.evaluation.transfer import rescore, split_transfer, transfer_method
+from cortexcl.rundir import RunDirectory
 from cortexcl.study.runner import prepare_data, run_study
-from cortexcl.study.store import RunDirectory
 from study_helpers import FROZEN, SIMULATION, study
 
 

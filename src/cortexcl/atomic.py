@@ -50,8 +50,12 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON to ``path`` atomically and return the path."""
-    text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default)
+    """Write ``obj`` as indented JSON to ``path`` atomically and return the path.
+
+    NaN and infinite numbers are written as ``null`` (JSON has no NaN).
+    """
+    text = json.dumps(_finite(obj), indent=2, sort_keys=True, default=_json_default,
+                      allow_nan=False)
     return atomic_write_text(path, text + "\n")
 
 
@@ -90,6 +94,19 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float (also numpy's) replaced by None."""
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    if isinstance(value, np.ndarray):
+        return _finite(value.tolist())
+    if isinstance(value, float | np.floating):
+        return float(value) if np.isfinite(value) else None
+    return value
 
 
 def _json_default(value: Any) -> Any:

@@ -95,6 +95,8 @@ def encode(
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
     device: Device = None,
     cache_dir: Annotated[Path | None, typer.Option(help="Image cache folder.")] = None,
+    fresh: Annotated[bool, typer.Option(
+        help="Start over: remove what OUT holds when it belongs to another run.")] = False,
 ) -> None:
     """Fit voxel-wise encoding models (PCA + ridge) of one subject's ROIs."""
     from cortexcl.workflows import encode as run_encode
@@ -103,8 +105,9 @@ def encode(
                        weights=weights, method=method, seed=seed, protocol=protocol,
                        n_components=n_components, refit=refit, min_vertices=min_vertices,
                        image_size=image_size, batch_size=batch_size, device=device,
-                       cache_dir=cache_dir, announce=_announce)
+                       cache_dir=cache_dir, fresh=fresh, announce=_announce)
     print_summary(table, f"Encoding results, {out}/tables/encoding.csv")
+    _warn_random_init(table)
 
 
 @app.command()
@@ -116,6 +119,8 @@ def run(
     device: Device = None,
     executor: Annotated[str | None, typer.Option(
         help="serial, ray or slurm; default: the config's execution.executor.")] = None,
+    fresh: Annotated[bool, typer.Option(
+        help="Start over: remove what OUT holds when it belongs to another study.")] = False,
 ) -> None:
     """Run a study: tuning, encoding and evaluation jobs; finished jobs are skipped."""
     from cortexcl.config import load_config, parse_config
@@ -128,11 +133,13 @@ def run(
     from cortexcl.study.runner import run_study
 
     out = out or Path("runs") / study.name
-    jobs, report = run_study(study, out, dry_run=dry_run, device=device, announce=_announce)
+    jobs, report = run_study(study, out, dry_run=dry_run, device=device, fresh=fresh,
+                             announce=_announce)
     if report is None:
-        for job in jobs:
-            stdout.print(job.key)
-        stdout.print(f"{len(jobs)} jobs")
+        done = [job.is_done(out) for job in jobs]
+        for job, finished in zip(jobs, done, strict=True):
+            stdout.print(f"{'done' if finished else 'to do':>6}  {job.key}")
+        stdout.print(f"{len(jobs)} jobs: {sum(done)} done, {len(jobs) - sum(done)} to do")
         return
     _finish_study(out, report)
 
@@ -185,11 +192,14 @@ def _format(value: object) -> str:
 
 def _finish_study(out: Path, report) -> None:
     from cortexcl.evaluation.single_subject import comparison_table
+    from cortexcl.rundir import read_table
 
     tables = out / "tables" / "encoding.csv"
     if tables.is_file():
-        print_summary(comparison_table(pd.read_csv(tables)), f"Mean test r per ROI ({tables})",
+        table = read_table(tables)
+        print_summary(comparison_table(table), f"Mean test r per ROI ({tables})",
                       every_column=True)
+        _warn_random_init(table)
     stdout.print(f"jobs: {len(report.done)} done, {len(report.skipped)} already done, "
                  f"{len(report.failed)} failed, {len(report.blocked)} blocked")
     report_file = out / "report.html"
@@ -199,6 +209,15 @@ def _finish_study(out: Path, report) -> None:
         console.print(f"[red]failed:[/red] {key} (log: {log})", soft_wrap=True)
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _warn_random_init(table: pd.DataFrame) -> None:
+    from cortexcl.models.backbones import is_random_init
+
+    labels = table.get("initial_weights", table.get("weights", pd.Series(dtype=str)))
+    if any(is_random_init(label) for label in labels.dropna()):
+        _announce("note: these backbones started from random weights (weights: none), not "
+                  "ImageNet: the numbers show the pipeline, not the published science")
 
 
 def _announce(message: str) -> None:

@@ -79,21 +79,21 @@ def noise_ceiling(ncsnr: ArrayLike, n_repeats: ArrayLike) -> np.ndarray:
     Raises
     ------
     ValueError
-        If ``n_repeats`` is empty or holds values below 1, or ``ncsnr`` is negative.
+        If ``n_repeats`` is empty or holds values below 1, or ``ncsnr`` is negative or NaN.
     """
     ncsnr = np.asarray(ncsnr, dtype=np.float64)
     n_repeats = np.asarray(n_repeats).reshape(-1)
     if n_repeats.size == 0 or np.any(n_repeats < 1):
         raise ValueError("noise_ceiling: n_repeats must be a non-empty array of counts >= 1")
-    if np.any(ncsnr < 0):
-        raise ValueError("noise_ceiling: ncsnr must be non-negative")
+    if not np.all(ncsnr >= 0):
+        raise ValueError("noise_ceiling: ncsnr must be non-negative and not NaN")
     noise_fraction = float(np.mean(1.0 / n_repeats.astype(np.float64)))
     signal = ncsnr**2
     return signal / (signal + noise_fraction)
 
 
 def nc_normalized_score(r: ArrayLike, nc: ArrayLike) -> np.ndarray:
-    """Noise-ceiling-normalised score ``100 r² / NC`` (the Algonauts convention).
+    """Noise-ceiling-normalised score ``100 r² / NC`` (the Algonauts 2023 convention).
 
     Parameters
     ----------
@@ -105,14 +105,16 @@ def nc_normalized_score(r: ArrayLike, nc: ArrayLike) -> np.ndarray:
     Returns
     -------
     numpy.ndarray
-        float64 score in [0, 100]: negative r scores 0, scores above 100 are capped at 100,
-        and voxels with ``nc == 0`` are NaN.
+        float64 score in [0, 100]: negative r scores 0 and scores above 100 are capped at 100.
+        A voxel with ``nc == 0`` scores 100 when r > 0, else 0: the challenge's evaluation code
+        replaces a zero ncsnr by 1e-14 before dividing, so those voxels stay in the mean
+        (count them with ``np.sum(nc == 0)`` to report them).
     """
     r = np.asarray(r, dtype=np.float64)
     nc = np.asarray(nc, dtype=np.float64)
     explained = np.where(r > 0, r, 0.0) ** 2
     with np.errstate(invalid="ignore", divide="ignore"):
-        score = np.where(nc > 0, 100.0 * explained / nc, np.nan)
+        score = np.where(nc > 0, 100.0 * explained / nc, np.where(explained > 0, 100.0, 0.0))
     return np.minimum(score, 100.0)
 
 

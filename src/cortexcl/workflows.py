@@ -7,9 +7,10 @@ from importlib import resources
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from cortexcl.config import load_config
-from cortexcl.data.algonauts import load_subject
+from cortexcl.data.algonauts import load_subject, subject_name
 from cortexcl.data.rois import HEMISPHERES, expand_rois
 from cortexcl.data.splits import PROTOCOLS
 from cortexcl.encoding.model import REFITS
@@ -17,10 +18,10 @@ from cortexcl.encoding.pipeline import TABLE_KEY, encode_subject
 from cortexcl.errors import InputError
 from cortexcl.models.backbones import describe_weights, load_alexnet, resolve_device
 from cortexcl.models.heads import check_roi_sizes
+from cortexcl.rundir import RunDirectory
 from cortexcl.study.executors import ExecutionReport
 from cortexcl.study.jobs import Job
 from cortexcl.study.runner import run_study
-from cortexcl.study.store import RunDirectory
 
 
 def encode(
@@ -42,13 +43,16 @@ def encode(
     device: str | None = None,
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    fresh: bool = False,
     announce: Callable[[str], None] = print,
 ) -> pd.DataFrame:
     """Load a subject, encode its ROIs with one backbone and record the run.
 
     Writes ``config.yaml``, ``manifest.json``, the split, the per-ROI results and
-    ``tables/encoding.csv`` under ``out`` while holding the run's lock. See `encode_subject`
-    for the parameters.
+    ``tables/encoding.csv`` under ``out`` while holding the run's lock. Several encodes with
+    other backbones (``method``, ``weights``) may share a run directory; other data, encoding
+    settings or seed are refused unless ``fresh`` (start over) is set. See `encode_subject`
+    for the other parameters.
 
     Returns
     -------
@@ -58,36 +62,45 @@ def encode(
     Raises
     ------
     InputError
-        On a bad option, weights file or dataset (every image is decoded), or when no requested
-        ROI has ``min_vertices`` vertices; all are checked before anything is written but the
-        run directory and its lock file.
+        On a bad option, output folder, weights file or dataset (every image is decoded), or
+        when no requested ROI has ``min_vertices`` vertices; all are checked, cheap ones first,
+        before anything is created or written.
     """
-    roi_names = expand_rois(rois)  # bad options fail before any data is read
+    roi_names = expand_rois(rois, option="--roi")  # bad options fail before any data is read
     check_encode_options(hemispheres, protocol=protocol, refit=refit, n_components=n_components,
                          min_vertices=min_vertices, image_size=image_size,
                          batch_size=batch_size, device=device)
     run = RunDirectory(out)
-    with run.lock():
-        data = load_subject(data_root, subject, image_size=image_size, cache_dir=cache_dir,
-                            progress=progress)
-        check_roi_sizes({f"{h} {roi}": data.roi_indices(h, roi).size
-                         for h in hemispheres for roi in roi_names}, min_vertices, data.root)
-        load_alexnet(weights, seed=seed)  # a missing or damaged weights file fails here
-        data.images.array()  # and so does a damaged image: all are decoded (and cached) now
+    run.check_writable()
+    run.check_free()
+    settings = {
+        "data": {"root": str(data_root), "subject": subject_name(subject),
+                 "image_size": image_size},
+        "encoding": {"hemispheres": list(hemispheres), "rois": _as_list(rois),
+                     "protocol": protocol, "n_components": n_components, "refit": refit,
+                     "min_vertices": min_vertices},
+        "seed": seed,
+    }
+    identity = {"kind": "encode", "settings": settings}
+    run.check_identity(identity, fresh=fresh)
+    load_alexnet(weights, seed=seed)  # a missing or damaged weights file fails at once
+    data = load_subject(data_root, subject, image_size=image_size, cache_dir=cache_dir,
+                        progress=progress)
+    check_roi_sizes({f"{h} {roi}": data.roi_indices(h, roi).size
+                     for h in hemispheres for roi in roi_names}, min_vertices, data.root)
+    for hemisphere in hemispheres:
+        data.noise_ceiling(hemisphere)  # damaged ceiling files fail before anything is written
+    data.images.array()  # and so does a damaged image: all are decoded (and cached) now
+    with run.create(identity, fresh=fresh):
         if str(weights) == "none":
             announce(f"weights: {describe_weights(weights, seed=seed)} — an untrained network, "
                      "for tests and offline demos; recorded in every output")
-        settings = {
-            "data": {"root": str(data_root), "subject": data.name, "image_size": image_size},
-            "backbone": {"method": method, "weights": str(weights)},
-            "encoding": {"hemispheres": list(hemispheres), "rois": _as_list(rois),
-                         "protocol": protocol, "n_components": n_components, "refit": refit,
-                         "min_vertices": min_vertices},
-            "seed": seed,
-        }
-        run.write_config(settings)
+        backbones = _recorded_backbones(run)
+        backbones[method] = str(weights)
+        run.write_config({**settings, "backbones": backbones})
         run.write_manifest(seeds={"split": seed, "weights": seed},
-                           datasets={data.name: data.data_hash()})
+                           datasets={data.name: data.data_hash()},
+                           extra={"data_root": str(data_root)})
         encoded, excluded = encode_subject(
             data, run, hemispheres=hemispheres, rois=rois, weights=weights, method=method,
             seed=seed, protocol=protocol, n_components=n_components, refit=refit,
@@ -99,6 +112,16 @@ def encode(
         if not encoded.empty:
             run.upsert_table("encoding", encoded, TABLE_KEY)
         return encoded
+
+
+def _recorded_backbones(run: RunDirectory) -> dict[str, str]:
+    """The backbones earlier encodes of this run used: ``{method: weights}``."""
+    path = run.path("config.yaml")
+    if not path.is_file():
+        return {}
+    recorded = yaml.safe_load(path.read_text()) or {}
+    backbones = recorded.get("backbones") if isinstance(recorded, dict) else None
+    return dict(backbones) if isinstance(backbones, dict) else {}
 
 
 def run_demo(out: str | Path = "cortexcl-demo", progress: bool = True,

@@ -305,10 +305,18 @@ class Subject:
                 f"{ncsnr_path}: shape {ncsnr.shape} but the {hemisphere} fMRI has "
                 f"{self._n_vertices[hemisphere]} columns"
             )
+        if not np.issubdtype(ncsnr.dtype, np.number) or not np.all(np.isfinite(ncsnr)):
+            raise InputError(f"{ncsnr_path}: {int(np.sum(~np.isfinite(ncsnr)))} entries are NaN "
+                             "or infinite; ncsnr must be finite and >= 0")
+        if np.any(ncsnr < 0):
+            raise InputError(f"{ncsnr_path}: {int(np.sum(ncsnr < 0))} negative entries; ncsnr "
+                             "must be >= 0")
         if repeats.shape != (self.n_images,):
             raise InputError(
                 f"{repeats_path}: shape {repeats.shape} but there are {self.n_images} images"
             )
+        if not np.issubdtype(repeats.dtype, np.number) or not np.all(repeats >= 1):
+            raise InputError(f"{repeats_path}: repeat counts must be numbers >= 1")
         if indices is not None:
             repeats = repeats[np.asarray(indices, dtype=np.int64)]
         return noise_ceiling(ncsnr, repeats)

@@ -73,8 +73,12 @@ _CANONICAL: dict[str, str] = {
 
 
 def _valid_names_message() -> str:
+    streams = set(ROI_CLASSES["streams"].values())
+    # A streams ROI that shares its name with a group ("early") is spelt with its class.
+    names = [f"streams:{name}" if name in streams and name in ROI_GROUPS else name
+             for name in ROI_NAMES]
     return (
-        f"valid ROIs: {', '.join(ROI_NAMES)}; groups: {', '.join(ROI_GROUPS)}; "
+        f"valid ROIs: {', '.join(names)}; groups: {', '.join(ROI_GROUPS)}; "
         f"'{WHOLE_HEMISPHERE}' = whole hemisphere"
     )
 
@@ -132,7 +136,7 @@ def roi_class(name: str) -> tuple[str, int]:
     return _ROI_LOOKUP[canonical]
 
 
-def expand_rois(names: str | Sequence[str]) -> list[str]:
+def expand_rois(names: str | Sequence[str], option: str | None = None) -> list[str]:
     """Expand ROI names and groups into a list of ROI names.
 
     Parameters
@@ -142,6 +146,8 @@ def expand_rois(names: str | Sequence[str]) -> list[str]:
         ``"all"`` (the whole hemisphere, kept as is). A string may hold several entries
         separated by commas. ``"early"`` is the group of the 7 pRF ROIs; the streams ROI of
         the same name is reached with ``"streams:early"`` (or the ``streams`` group).
+    option : str, optional
+        The option or setting the names came from (``--roi``); errors start with it.
 
     Returns
     -------
@@ -155,11 +161,15 @@ def expand_rois(names: str | Sequence[str]) -> list[str]:
     """
     items = names.split(",") if isinstance(names, str) else list(names)
     items = [str(item).strip() for item in items if str(item).strip()]
+    prefix = f"{option}: " if option else ""
     if not items:
-        raise InputError(f"no ROI given ({_valid_names_message()})")
+        raise InputError(f"{prefix}no ROI given ({_valid_names_message()})")
     expanded: list[str] = []
     for item in items:
-        canonical = _canonical(item)
+        try:
+            canonical = _canonical(item)
+        except InputError as error:
+            raise InputError(f"{prefix}{error}") from None
         group = ROI_GROUPS.get(canonical) if ":" not in item else None
         for name in group or (canonical,):
             if name not in expanded:

@@ -19,8 +19,8 @@ from cortexcl.encoding.features import extract_features
 from cortexcl.encoding.model import ALPHAS, EncodingModel, PCACache
 from cortexcl.errors import InputError
 from cortexcl.metrics import nc_normalized_score, summarize_r
-from cortexcl.models.backbones import describe_weights, load_alexnet
-from cortexcl.study.store import RunDirectory
+from cortexcl.models.backbones import describe_weights, initial_weights, load_alexnet
+from cortexcl.rundir import RunDirectory
 
 TABLE_KEY = ("subject", "hemisphere", "roi", "method")
 TEST_ROWS = "test_rows.npy"
@@ -141,7 +141,8 @@ def encode_subject(
         split, n_dropped = without_test_images(split, subject.image_ids, exclude_test_ids)
     backbone = load_alexnet(weights, seed=seed)
     weights_label = describe_weights(weights, seed=seed)
-    context = {"weights": weights_label, "protocol": protocol, "seed": seed, "refit": refit,
+    context = {"weights": weights_label, "initial_weights": initial_weights(weights, seed),
+               "protocol": protocol, "seed": seed, "refit": refit,
                "n_train": len(split.train), "n_val": len(split.val), "n_test": len(split.test),
                "n_test_dropped": n_dropped, "data_hash": subject.data_hash()}
     rows, excluded = [], []
@@ -194,8 +195,9 @@ def _write_result(run: RunDirectory, subject: Subject, hemisphere: str, roi: str
     }
     if noise_ceiling is not None:
         score = nc_normalized_score(model.test_r_, noise_ceiling)
-        summary["mean_nc_score"] = float(np.nanmean(score))
+        summary["mean_nc_score"] = float(np.mean(score))
         summary["mean_noise_ceiling"] = float(np.mean(noise_ceiling))
+        summary["n_zero_ceiling"] = int(np.sum(noise_ceiling == 0))
     summary.update(context)
     atomic_write_json(out / "summary.json", summary)
     return summary

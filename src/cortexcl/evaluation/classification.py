@@ -47,6 +47,7 @@ from cortexcl.data.images import default_cache_dir, load_rgb8, to_rgb8
 from cortexcl.encoding.features import extract_features, feature_path
 from cortexcl.errors import InputError
 from cortexcl.models.backbones import CANDIDATE_LAYERS, resolve_device
+from cortexcl.rundir import read_table
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -676,7 +677,7 @@ def probe_backbone(
 
 def _merge_table(path: Path, rows: pd.DataFrame) -> None:
     if path.is_file():
-        old = pd.read_csv(path)
+        old = read_table(path)
         keep = ~old.set_index(["name", "dataset"]).index.isin(
             rows.set_index(["name", "dataset"]).index)
         rows = pd.concat([old[keep], rows], ignore_index=True)

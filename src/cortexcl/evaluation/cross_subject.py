@@ -20,7 +20,7 @@ from scipy import stats
 from cortexcl.atomic import atomic_write_csv
 from cortexcl.data.rois import ROI_GROUPS
 from cortexcl.evaluation.transfer import matched_baseline, split_transfer
-from cortexcl.study.store import RunDirectory
+from cortexcl.rundir import RunDirectory
 
 CROSS_SUBJECT = "cross_subject"
 BASELINE = "untuned"

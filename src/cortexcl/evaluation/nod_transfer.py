@@ -16,7 +16,7 @@ import pandas as pd
 from cortexcl.atomic import atomic_write_csv
 from cortexcl.evaluation.transfer import matched_baseline, split_transfer
 from cortexcl.metrics import paired_wilcoxon
-from cortexcl.study.store import RunDirectory
+from cortexcl.rundir import RunDirectory
 
 NOD = "nod"
 BASELINE = "untuned"

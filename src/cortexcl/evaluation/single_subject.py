@@ -24,7 +24,7 @@ from cortexcl.config import StudyConfig
 from cortexcl.data.rois import ROI_GROUPS
 from cortexcl.evaluation.transfer import matched_baseline
 from cortexcl.metrics import paired_wilcoxon, percent_improved
-from cortexcl.study.store import RunDirectory
+from cortexcl.rundir import RunDirectory, read_table
 
 BASELINES = ("untuned", "rt")
 ENTRY = ["subject", "hemisphere", "roi"]
@@ -112,7 +112,7 @@ def write_tables(run: RunDirectory, config: StudyConfig | None = None) -> pd.Dat
         table = table[wanted].reset_index(drop=True)
     atomic_write_csv(run.path("tables", "encoding.csv"), table)
     atomic_write_csv(run.path("tables", "groups.csv"), group_summary(table))
-    excluded = [pd.read_csv(path) for path in sorted(run.path("jobs").glob("**/excluded.csv"))
+    excluded = [read_table(path) for path in sorted(run.path("jobs").glob("**/excluded.csv"))
                 if path.stat().st_size > 1]
     if excluded:
         atomic_write_csv(run.path("tables", "excluded.csv"),

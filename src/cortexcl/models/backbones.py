@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -122,6 +123,32 @@ def describe_weights(weights: str | Path, seed: int = 0) -> str:
     if isinstance(weights, str) and weights.lower() == RANDOM_INIT:
         return f"none (random init, seed {int(seed)})"
     return str(weights)
+
+
+def initial_weights(weights: str | Path, seed: int = 0) -> str:
+    """The weights a backbone started from, before any tuning, in words (every table row).
+
+    For a tuned checkpoint (a file with a ``meta.json`` beside it), the weights it was tuned
+    from, e.g. ``"none (random init, seed 0), tuned"``; otherwise `describe_weights`.
+    """
+    meta = Path(weights).with_name("meta.json") if not _is_keyword(weights) else None
+    if meta is not None and meta.is_file():
+        try:
+            start = json.loads(meta.read_text()).get("weights")
+        except (OSError, ValueError):
+            start = None
+        if isinstance(start, str):
+            return f"{describe_weights(start, seed)}, tuned"
+    return describe_weights(weights, seed)
+
+
+def is_random_init(label: object) -> bool:
+    """Whether a weights label (`describe_weights`, `initial_weights`) means random weights."""
+    return str(label).strip().lower().startswith(RANDOM_INIT)
+
+
+def _is_keyword(weights: str | Path) -> bool:
+    return isinstance(weights, str) and weights.lower() in (IMAGENET, RANDOM_INIT)
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:

@@ -33,6 +33,7 @@ from cortexcl.atomic import atomic_write_bytes
 from cortexcl.data.rois import HEMISPHERES, ROI_NAMES, WHOLE_HEMISPHERE
 from cortexcl.errors import InputError
 from cortexcl.metrics import percent_improved
+from cortexcl.rundir import read_table
 
 BASELINE = "untuned"
 METHOD_ORDER = ("untuned", "cl", "rt", "pooled-avg", "pooled-const")
@@ -44,7 +45,7 @@ FSAVERAGE5_N_VERTICES = 10242
 SURFACE_VIEWS = (
     ("lateral", {"lh": (0, -180), "rh": (0, 0)}),
     ("posterior", {"lh": (15, -90), "rh": (15, -90)}),
-    ("ventral", {"lh": (-45, 0), "rh": (-45, 180)}),
+    ("ventral", {"lh": (-89, -90), "rh": (-89, -90)}),
 )
 ZERO_THRESHOLD = 1e-14
 DPI = 110
@@ -94,7 +95,7 @@ class RunResults:
         if not path.is_file():
             raise InputError(f"{path}: no results table; run the study (cortexcl run) first")
         try:
-            table = pd.read_csv(path)
+            table = read_table(path)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
             message = " ".join(str(error).split())
             raise InputError(f"{path}: unreadable CSV ({message})") from None
@@ -145,7 +146,7 @@ class RunResults:
         if not path.is_file() or path.stat().st_size == 0:
             return None
         try:
-            table = pd.read_csv(path)
+            table = read_table(path)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
             return None
         return None if table.empty else table
@@ -166,6 +167,26 @@ def save_figure(fig: Figure, path: Path) -> Path:
     """Render ``fig`` to PNG in memory and write it atomically to ``path``."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+RANDOM_INIT_STAMP = "random-init weights (weights: none), not ImageNet: shows the pipeline only"
+
+
+def stamp_figure(path: Path, text: str) -> Path:
+    """Add a red banner with ``text`` above a saved PNG figure (rewritten atomically)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    with Image.open(path) as opened:
+        image = opened.convert("RGB")
+    font = ImageFont.load_default(size=max(12, image.width // 60))
+    height = int(font.size * 1.8)
+    stamped = Image.new("RGB", (image.width, image.height + height), "white")
+    stamped.paste(image, (0, height))
+    ImageDraw.Draw(stamped).text((8, height // 2), text, fill="firebrick", font=font,
+                                 anchor="lm")
+    buffer = io.BytesIO()
+    stamped.save(buffer, format="PNG")
     return atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -343,8 +364,8 @@ def layer_matrix(results: RunResults, out_dir: Path, subject: str) -> ReportFigu
     values = np.concatenate([m[np.isfinite(m)] for m in matrices.values()])
     norm = Normalize(float(values.min()), float(values.max()))
     annotate = len(entries) * len(layers) <= 240
-    fig = Figure(figsize=(1.6 + len(per_method) * (0.42 * len(layers) + 0.4),
-                          1.6 + 0.3 * len(entries)), layout="constrained")
+    fig = Figure(figsize=(2.0 + len(per_method) * (0.6 * len(layers) + 0.4),
+                          2.0 + 0.38 * len(entries)), layout="constrained")
     axes = fig.subplots(1, len(per_method), squeeze=False, sharey=True)[0]
     for ax, (method, matrix) in zip(axes, matrices.items(), strict=True):
         ax.imshow(matrix, cmap="viridis", norm=norm, aspect="auto", interpolation="nearest")
@@ -354,14 +375,16 @@ def layer_matrix(results: RunResults, out_dir: Path, subject: str) -> ReportFigu
         if annotate:
             for i, j in zip(*np.nonzero(np.isfinite(matrix)), strict=True):
                 value = matrix[i, j]
-                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6,
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8,
                         color="black" if norm(value) > 0.6 else "white")
         for i in range(1, len(entries)):
             if entries[i][0] != entries[i - 1][0]:
                 ax.axhline(i - 0.5, color="white", linewidth=3)
-        ax.set_xticks(range(len(layers)), layers, rotation=60, ha="right", fontsize=8)
-        ax.set_yticks(range(len(entries)), [f"{h} {r}" for h, r in entries], fontsize=8)
-        ax.set_title(method, fontsize=10)
+        ax.set_xticks(range(len(layers)), layers, rotation=60, ha="right", fontsize=9)
+        ax.set_yticks(range(len(entries)), [f"{h} {r}" for h, r in entries], fontsize=9)
+        ax.set_xlabel("candidate layer")
+        ax.set_title(method, fontsize=11)
+    axes[0].set_ylabel("hemisphere, ROI")
     colorbar = fig.colorbar(ScalarMappable(norm=norm, cmap="viridis"), ax=list(axes),
                             shrink=0.8)
     colorbar.set_label("mean validation r")
@@ -400,16 +423,25 @@ def training_curves(results: RunResults, out_dir: Path, subject: str) -> ReportF
     for row, method in enumerate(methods):
         for col, hemisphere in enumerate(hemispheres):
             ax = axes[row, col]
+            chance = set()
             for roi, log in logs.get((method, hemisphere), []):
                 style = {"color": colors[roi], "linewidth": 1.2, "marker": "o", "markersize": 3}
                 ax.plot(log["epoch"], log["train_loss"], **style)
                 if "val_loss" in log and log["val_loss"].notna().any():
                     ax.plot(log["epoch"], log["val_loss"], linestyle="--", **style)
                 shown.add(roi)
+                batch = _train_batch(results.path("models", "pooled" if method.startswith(
+                    "pooled") else subject, hemisphere, roi, method))
+                if method != "rt" and batch:
+                    chance.add(batch)
+            for batch in sorted(chance):
+                ax.axhline(np.log(batch), color="grey", linestyle=":", linewidth=1)
+                ax.annotate(f"chance, batch {batch}", (0.01, np.log(batch)), fontsize=7,
+                            color="grey", xycoords=("axes fraction", "data"), va="bottom")
             ax.set_title(f"{method}, {hemisphere}", fontsize=10)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("epoch")
-            ax.set_ylabel("loss")
+            ax.set_ylabel("MSE" if method == "rt" else "InfoNCE (nats)")
             ax.grid(alpha=0.3)
     handles = [Line2D([], [], color=colors[roi], label=roi) for roi in results.rois
                if roi in shown]
@@ -421,10 +453,20 @@ def training_curves(results: RunResults, out_dir: Path, subject: str) -> ReportF
                f"specific backbones of {subject}, and pooled backbones): training images "
                f"(solid) and validation images (dashed), which never update the model. A "
                f"validation loss rising while the training loss falls signals overfitting. "
-               f"A contrastive (InfoNCE) loss grows with the batch size (chance level is the "
-               f"log of the batch size), so compare its trends, not its levels, between "
-               f"training and validation batches of different sizes.")
+               f"A contrastive (InfoNCE) loss grows with the batch size: the dotted line is "
+               f"chance for a training batch (log of its size, in nats); compare trends, not "
+               f"levels, between training and validation batches of different sizes. "
+               f"Regression tuning (rt) shows its mean squared error.")
     return ReportFigure("training_curves", path, "Tuning curves", caption)
+
+
+def _train_batch(model_dir: Path) -> int | None:
+    """Pairs in a training batch of a tuned model: min(batch size, train images), from meta."""
+    try:
+        meta = json.loads((model_dir / "meta.json").read_text())
+        return min(int(meta["settings"]["batch_size"]), min(meta["n_train"].values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 @dataclass
@@ -558,6 +600,11 @@ def surface_maps(results: RunResults, out_dir: Path, subject: str,
             continue
         limit = max(float(np.abs(v).max()) for values in group.values() for v in values.values())
         limit = limit or 1.0
+        # r maps that are all positive use a sequential scale from 0; Δr and mixed-sign r
+        # maps a diverging one with a light middle and a symmetric range.
+        positive = kind == "r" and all(float(v.min()) >= 0 for values in group.values()
+                                       for v in values.values())
+        scale = (0.0, limit, "viridis") if positive else (-limit, limit, "RdBu_r")
         for method, values in group.items():
             start = time.perf_counter()
             name = f"surface_{kind}_{method}"
@@ -570,10 +617,11 @@ def surface_maps(results: RunResults, out_dir: Path, subject: str,
                 what = (f"the gain in test r of the {method} backbone over the untuned one "
                         f"(red: better, blue: worse)")
                 bar_label = f"Δr ({method} − {BASELINE})"
-            path = _draw_surface(values, mesh, limit, bar_label, out_dir / f"{name}.png")
+            path = _draw_surface(values, mesh, scale, bar_label, out_dir / f"{name}.png")
+            limits = f"0 to {limit:.2f}" if positive else f"±{limit:.2f}"
             caption = (f"{subject}: {what}, on the inflated fsaverage5 surface over sulcal "
                        f"depth (lateral, posterior and ventral views). Vertices outside the "
-                       f"encoded ROIs are grey; colour limits ±{limit:.2f} are shared by all "
+                       f"encoded ROIs are grey; colour limits {limits} are shared by all "
                        f"{label} maps. {counts}")
             figures.append(ReportFigure(name, path, title, caption,
                                         time.perf_counter() - start))
@@ -583,12 +631,14 @@ def surface_maps(results: RunResults, out_dir: Path, subject: str,
 _PART = {"lh": "left", "rh": "right"}
 
 
-def _draw_surface(values: dict[str, np.ndarray], mesh: dict, limit: float, label: str,
-                  path: Path) -> Path:
+def _draw_surface(values: dict[str, np.ndarray], mesh: dict, scale: tuple[float, float, str],
+                  label: str, path: Path) -> Path:
+    from matplotlib import colormaps
     from nilearn import plotting
 
+    vmin, vmax, cmap = scale
     hemispheres = list(values)
-    fig = Figure(figsize=(2.5 * len(SURFACE_VIEWS) + 0.8, 2.3 * len(hemispheres)))
+    fig = Figure(figsize=(3.0 * len(SURFACE_VIEWS) + 0.8, 2.8 * len(hemispheres)))
     for row, hemisphere in enumerate(hemispheres):
         surface, sulcal = mesh[hemisphere]
         for col, (view_name, views) in enumerate(SURFACE_VIEWS):
@@ -596,16 +646,14 @@ def _draw_surface(values: dict[str, np.ndarray], mesh: dict, limit: float, label
                                  row * len(SURFACE_VIEWS) + col + 1, projection="3d")
             plotting.plot_surf_stat_map(
                 surface, values[hemisphere], bg_map=sulcal, hemi=_PART[hemisphere],
-                view=views[hemisphere], engine="matplotlib", cmap="cold_hot",
-                threshold=ZERO_THRESHOLD, vmin=-limit, vmax=limit, symmetric_cbar=True,
+                view=views[hemisphere], engine="matplotlib", cmap=cmap,
+                threshold=ZERO_THRESHOLD, vmin=vmin, vmax=vmax, symmetric_cbar=vmin < 0,
                 colorbar=False, axes=ax, figure=fig)
             ax.set_box_aspect(None, zoom=1.35)
             ax.set_title(f"{hemisphere} {view_name}", fontsize=9, y=0.92)
     fig.subplots_adjust(left=0, right=0.9, bottom=0, top=0.95, wspace=0, hspace=0)
     colorbar_axes = fig.add_axes((0.92, 0.15, 0.015, 0.7))
-    from nilearn.plotting.cm import cold_hot
-
-    colorbar = fig.colorbar(ScalarMappable(norm=Normalize(-limit, limit), cmap=cold_hot),
+    colorbar = fig.colorbar(ScalarMappable(norm=Normalize(vmin, vmax), cmap=colormaps[cmap]),
                             cax=colorbar_axes)
     colorbar.set_label(label)
     return save_figure(fig, path)

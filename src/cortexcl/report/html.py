@@ -15,15 +15,19 @@ import pandas as pd
 
 from cortexcl.atomic import atomic_write_text
 from cortexcl.data.rois import ROI_NAMES
+from cortexcl.models.backbones import is_random_init
 from cortexcl.report.evaluations import evaluation_figures
 from cortexcl.report.figures import (
     BASELINE,
     METHOD_ORDER,
+    RANDOM_INIT_STAMP,
     ReportFigure,
     RunResults,
     make_figures,
     ordered,
+    stamp_figure,
 )
+from cortexcl.rundir import RunDirectory
 
 REPORT = "report.html"
 _KEY = ["subject", "hemisphere", "roi"]
@@ -67,12 +71,19 @@ def build_report(run_dir: str | Path, *, subject: str | int | None = None,
     Raises
     ------
     InputError
-        If the run has no readable results table or ``subject`` has no results.
+        If the run has no readable results table, cannot be written, or ``subject`` has no
+        results.
     """
     start = time.perf_counter()
     results = RunResults(run_dir)
+    RunDirectory(run_dir).check_writable()
+    for stale in results.path("figures").glob("*.png"):  # figures of an earlier report
+        stale.unlink()
     figures, notes = make_figures(results, subject=subject, surfaces=surfaces)
     figures += evaluation_figures(results)
+    if random_weights(results, results.manifest()):
+        for figure in figures:
+            stamp_figure(figure.path, RANDOM_INIT_STAMP)
     page = render_report(results, figures, notes, time.perf_counter() - start)
     return atomic_write_text(results.path(REPORT), page)
 
@@ -264,9 +275,10 @@ def weights_used(results: RunResults, manifest: dict) -> pd.DataFrame:
 
 def random_weights(results: RunResults, manifest: dict) -> bool:
     """Whether the backbones started from random weights (``weights: none``)."""
-    labels = [str(w) for w in results.table.get("weights", pd.Series(dtype=str)).dropna()]
+    labels = [str(w) for column in ("weights", "initial_weights")
+              for w in results.table.get(column, pd.Series(dtype=str)).dropna()]
     labels.append(str(manifest.get("weights", "")))
-    return any(label.strip().lower().startswith("none") for label in labels)
+    return any(is_random_init(label) for label in labels)
 
 
 def _weights_section(results: RunResults, manifest: dict) -> str:

@@ -43,8 +43,8 @@ from cortexcl.evaluation.saliency import (
     saliency_examples,
 )
 from cortexcl.models.backbones import load_alexnet
+from cortexcl.rundir import RunDirectory
 from cortexcl.study.jobs import Job, backbone_name, parse_backbone_name
-from cortexcl.study.store import RunDirectory
 from cortexcl.tuning.checkpoints import BACKBONE
 
 CLASSIFICATION = "classification"

@@ -17,7 +17,7 @@ from cortexcl.config import NODTransferConfig, StudyConfig
 from cortexcl.data.algonauts import Subject, load_subject, subject_name
 from cortexcl.data.images import default_cache_dir
 from cortexcl.data.nod import NODSubject, load_nod_subject, nod_subject_name
-from cortexcl.data.rois import WHOLE_HEMISPHERE
+from cortexcl.data.rois import WHOLE_HEMISPHERE, roi_class
 from cortexcl.data.splits import Split
 from cortexcl.encoding.pipeline import encode_subject, record_split, without_test_images
 from cortexcl.evaluation.cross_subject import CROSS_SUBJECT, write_cross_subject_tables
@@ -32,9 +32,10 @@ from cortexcl.evaluation.nod_transfer import NOD, nsd_counterpart, write_nod_tab
 from cortexcl.evaluation.single_subject import write_tables
 from cortexcl.evaluation.transfer import split_transfer, train_image_ids, write_matched_baselines
 from cortexcl.models import TUNING_METHODS
-from cortexcl.models.backbones import load_alexnet, resolve_device
+from cortexcl.models.backbones import describe_weights, load_alexnet, resolve_device
 from cortexcl.models.heads import check_roi_size, check_roi_sizes
 from cortexcl.report import build_report
+from cortexcl.rundir import RunDirectory
 from cortexcl.study.executors import ExecutionReport, make_executor
 from cortexcl.study.jobs import Job, plan_jobs, settings_digest
 from cortexcl.study.probe_jobs import (
@@ -43,7 +44,6 @@ from cortexcl.study.probe_jobs import (
     run_saliency,
     write_probe_tables,
 )
-from cortexcl.study.store import RunDirectory
 from cortexcl.tuning.checkpoints import BACKBONE, load_heads, save_tuned
 from cortexcl.tuning.trainer import CHECKPOINT, TrainingSet, TrainSettings, train
 
@@ -104,8 +104,7 @@ def prepare_data(config: StudyConfig, progress: bool = True) -> Path:
     from cortexcl.data.simulate import simulate_subject
 
     sim = config.data.simulate
-    digest = StudyConfig(data={"simulate": sim}).digest("data")
-    root = default_cache_dir() / "simulated" / f"{SIMULATION_VERSION}-{digest}"
+    root = _simulation_root(config)
     # One seed for all subjects: their own draws depend on (seed, subject), and images with
     # the same NSD id are the same images, so the shared NSD images are shared (METHOD §1.3).
     for number in config.data.subjects:
@@ -115,6 +114,12 @@ def prepare_data(config: StudyConfig, progress: bool = True) -> Path:
                              roi_scale=sim.roi_scale, reference_subject=sim.reference_subject,
                              seed=sim.seed, progress=progress)
     return root
+
+
+def _simulation_root(config: StudyConfig) -> Path:
+    """The cache folder of a study's simulated subjects."""
+    digest = StudyConfig(data={"simulate": config.data.simulate}).digest("data")
+    return default_cache_dir() / "simulated" / f"{SIMULATION_VERSION}-{digest}"
 
 
 def prepare_nod_data(nod: NODTransferConfig, progress: bool = True) -> Path:
@@ -134,31 +139,63 @@ def prepare_nod_data(nod: NODTransferConfig, progress: bool = True) -> Path:
     return root
 
 
+def study_identity(config: StudyConfig) -> dict[str, Any]:
+    """What makes a study's run directory its own: the configuration but the executor."""
+    settings = config.model_dump(mode="json")
+    settings.pop("execution", None)
+    return {"kind": "study", "settings": settings}
+
+
 def run_study(config: StudyConfig, out: str | Path, *, dry_run: bool = False,
-              device: str | None = None, progress: bool = True,
+              device: str | None = None, progress: bool = True, fresh: bool = False,
               announce: Callable[[str], None] = print) -> tuple[list[Job], ExecutionReport | None]:
     """Run (or, with ``dry_run``, only plan) a study in the run directory ``out``.
+
+    Cheap checks come first (the run directory can be written, is free and belongs to this
+    study; the weights load), then the data are read and checked; only then is anything
+    created. A dry run creates and writes nothing: for a simulated subject not yet in the
+    cache, the ROI sizes come from the simulator's masks, computed in memory.
+
+    Parameters
+    ----------
+    fresh : bool
+        Start over: remove what the run directory holds (another study's results) first.
 
     Returns
     -------
     jobs, report
         The planned jobs, and what happened to them (None for a dry run).
+
+    Raises
+    ------
+    InputError
+        On any bad input, before anything is written.
     """
     run = RunDirectory(out)
-    with run.lock():
+    run.check_writable()
+    run.check_free()
+    identity = study_identity(config)
+    run.check_identity(identity, fresh=fresh)
+    load_alexnet(config.weights, seed=config.seed)  # a missing weights file fails at once
+    if config.execution.executor == "serial":
+        resolve_device(device or config.execution.device)
+    if dry_run:
+        return plan_jobs(config, _dry_run_roi_sizes(config, progress)), None
+    context = StudyContext(config, run, prepare_data(config, progress),
+                           device=device or config.execution.device, progress=progress)
+    jobs = plan_jobs(config, context.roi_size)
+    check_inputs(context)
+    with run.create(identity, fresh=fresh):
         _remove_leftovers(run)
-        context = StudyContext(config, run, prepare_data(config, progress),
-                               device=device or config.execution.device, progress=progress)
-        jobs = plan_jobs(config, context.roi_size)
-        if dry_run:
-            return jobs, None
-        check_inputs(context)
         run.write_config(config.model_dump(mode="json"))
         run.write_manifest(
             seeds={"study": config.seed},
             datasets={name: context.subject(name).data_hash()
                       for name in map(subject_name, config.data.subjects)},
             extra={"weights": config.weights, "data_root": str(context.data_root)})
+        if config.weights == "none":
+            announce(f"weights: {describe_weights('none', seed=config.seed)} — an untrained "
+                     "network; every table and figure of this run says so")
         executor = make_executor(config.execution, run.root, progress=progress)
 
         def on_event(event: str, job: Job) -> None:
@@ -173,12 +210,33 @@ def run_study(config: StudyConfig, out: str | Path, *, dry_run: bool = False,
         return jobs, report
 
 
-def check_inputs(context: StudyContext) -> None:
-    """Check a study's inputs before anything is written: bad input fails at once, not in a job.
+def _dry_run_roi_sizes(config: StudyConfig,
+                       progress: bool) -> Callable[[str, str, str], int]:
+    """ROI sizes for planning without writing anything (see `run_study`)."""
+    if config.data.root is not None or _simulation_root(config).is_dir():
+        context = StudyContext(config, RunDirectory(""), prepare_data(config, progress),
+                               progress=progress)
+        return context.roi_size
+    from cortexcl.data.simulate.masks import synthetic_masks
 
-    Every subject is loaded and its images decoded (into the image cache the jobs use), at
-    least one selected ROI must have ``min_vertices`` vertices, the weights must load and, when
-    the jobs run in this process, the device must exist.
+    sim = config.data.simulate
+    masks = synthetic_masks(sim.reference_subject, sim.roi_scale)
+
+    def roi_size(subject: str, hemisphere: str, roi: str) -> int:
+        if roi == WHOLE_HEMISPHERE:
+            return masks[hemisphere].n_vertices
+        class_name, label = roi_class(roi)
+        return int(np.sum(masks[hemisphere].labels[class_name] == label))
+
+    return roi_size
+
+
+def check_inputs(context: StudyContext) -> None:
+    """Check a study's data before anything is written: bad input fails at once, not in a job.
+
+    Every subject is loaded and its images decoded (into the image cache the jobs use), its
+    noise-ceiling files (when present) are validated, and at least one selected ROI must have
+    ``min_vertices`` vertices.
 
     Raises
     ------
@@ -191,11 +249,11 @@ def check_inputs(context: StudyContext) -> None:
                      for name in names for hemisphere in config.selection.hemispheres
                      for roi in config.selection.rois},
                     config.selection.min_vertices, context.data_root)
-    load_alexnet(config.weights, seed=config.seed)
-    if config.execution.executor == "serial":
-        resolve_device(context.device)
     for name in names:
-        context.subject(name).images.array()
+        subject = context.subject(name)
+        for hemisphere in config.selection.hemispheres:
+            subject.noise_ceiling(hemisphere)
+        subject.images.array()
 
 
 class JobRunner:
