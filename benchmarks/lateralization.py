@@ -1,4 +1,4 @@
-"""Ground-truth check of salience lateralisation on a simulated subject (METHOD.md §7.2).
+"""Ground-truth check of salience lateralisation on a simulated subject (docs/method.md §7.2).
 
 In the simulator, left-hemisphere early ROIs see the right visual field (the right half of the
 image) and right-hemisphere ROIs the left; ventral ROIs the upper field, dorsal ROIs the lower.

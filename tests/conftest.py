@@ -10,7 +10,8 @@ from tiny_data import TinySubject, write_tiny_subject
 
 SHARED_ROI_MASKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "algonauts_roi_masks"
 
-# METHOD.md Appendix A: vertices per ROI ("all" = every challenge vertex), columns 1L 1R … 8L 8R.
+# Vertices per ROI of the real Algonauts 2023 masks ("all" = every challenge vertex),
+# columns 1L 1R … 8L 8R.
 APPENDIX_A = """
 all 19004 20544 19004 20544 19004 20544 19004 20544 19004 20544 18978 20220 19004 20544 18981 20530
 V1v 710 444 599 616 853 676 585 633 538 589 299 572 491 444 444 590
@@ -48,7 +49,7 @@ parietal 2346 2314 2343 2319 2345 2315 2344 2318 2336 2318 2343 2316 2340 2319 2
 
 
 def _parse_appendix_a() -> dict[tuple[int, str, str], int]:
-    """{(subject, hemisphere, roi or "all"): n_vertices} from METHOD.md Appendix A."""
+    """{(subject, hemisphere, roi or "all"): n_vertices} of the real masks (table above)."""
     table = {}
     for line in APPENDIX_A.strip().splitlines():
         name, *counts = line.split()

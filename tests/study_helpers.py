@@ -123,4 +123,6 @@ def assert_same_results(run: Path, reference: Path, models: list[Path]) -> None:
     assert set(paths) <= {"weights"}
     sort = ["subject", "hemisphere", "roi", "method"]
     tables = [table.drop(columns=paths).sort_values(sort, ignore_index=True) for table in tables]
+    assert set(tables[0].columns) == set(tables[1].columns), \
+        set(tables[0].columns) ^ set(tables[1].columns)
     pd.testing.assert_frame_equal(tables[0], tables[1], check_exact=True)

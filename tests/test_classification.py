@@ -1,4 +1,4 @@
-"""Classification probes (METHOD.md §5): data sets, cached features, split, probes, outputs."""
+"""Classification probes (docs/method.md §5): data sets, cached features, split, probes, outputs."""
 
 from __future__ import annotations
 

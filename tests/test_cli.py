@@ -72,10 +72,11 @@ def test_help_lists_the_commands():
 def test_dry_run_lists_the_jobs(tmp_path):
     result = invoke("run", config_file(tmp_path), "--out", tmp_path / "run", "--dry-run")
     assert result.exit_code == 0, result.output
-    lines = result.stdout.strip().splitlines()
-    assert lines == ["tune/cl/subj01/lh/V1v", "encode/untuned/subj01/all/all",
-                     "encode/cl/subj01/lh/V1v", "aggregate/all/all/all/all", "4 jobs"]
-    assert not (tmp_path / "run" / "config.yaml").exists()  # nothing was run
+    lines = [" ".join(line.split()) for line in result.stdout.strip().splitlines()]
+    assert lines == ["to do tune/cl/subj01/lh/V1v", "to do encode/untuned/subj01/all/all",
+                     "to do encode/cl/subj01/lh/V1v", "to do aggregate/all/all/all/all",
+                     "4 jobs: 0 done, 4 to do"]
+    assert list(tmp_path.iterdir()) == [tmp_path / "study.yaml"]  # a dry run writes nothing
 
 
 def test_simulate_writes_a_subject(tmp_path):

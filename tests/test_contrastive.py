@@ -23,7 +23,7 @@ CL_SETTINGS = SimpleNamespace(
 
 
 def reference_info_nce(z_x: np.ndarray, z_y: np.ndarray, tau: float, symmetric: bool) -> float:
-    """METHOD §2.2 written out: S_ij = cos(z_y,i, z_x,j); image j's softmax runs over i."""
+    """docs/method.md §2.2 written out: S_ij = cos(z_y,i, z_x,j); image j's softmax runs over i."""
     unit_x = z_x / np.linalg.norm(z_x, axis=1, keepdims=True)
     unit_y = z_y / np.linalg.norm(z_y, axis=1, keepdims=True)
     s = unit_y @ unit_x.T

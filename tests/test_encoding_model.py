@@ -261,14 +261,16 @@ def test_bad_settings_are_input_errors(synthetic, kwargs, message):
 
 def test_mismatched_rows_are_input_errors(synthetic):
     features, responses, _, _ = synthetic
-    with pytest.raises(InputError, match=r"expected a \(400, n_features\) array"):
+    with pytest.raises(InputError, match=r"^features and responses disagree on the number of "
+                                         r"images: features b has 399 rows, responses 400"):
         EncodingModel(progress=False).fit({"b": features["b"][:-1]}, responses,
                                           make_splits(N_IMAGES))
     split = make_splits(N_IMAGES)
-    bad = responses.copy()
-    bad[split.train[0], 0] = np.nan
-    with pytest.raises(InputError, match="non-finite"):
-        EncodingModel(progress=False).fit({"b": features["b"]}, bad, split)
+    for part in (split.train, split.val, split.test):  # test rows too: r would be NaN
+        bad = responses.copy()
+        bad[part[0], [0, 3]] = np.nan
+        with pytest.raises(InputError, match="responses: 2 voxels have NaN or infinite values"):
+            EncodingModel(progress=False).fit({"b": features["b"]}, bad, split)
 
 
 def test_more_components_than_training_images(synthetic):

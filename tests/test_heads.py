@@ -14,7 +14,7 @@ from tiny_backbone import seeded
 @pytest.mark.parametrize(
     ("n", "expected"),
     [
-        (710, (568, 142)),  # METHOD §2.1 examples
+        (710, (568, 142)),  # docs/method.md §2.1 examples
         (5741, (4592, 1148)),
         (20, (16, 4)),
         (37, (29, 7)),
@@ -64,7 +64,7 @@ def test_roi_size_filter_on_the_real_roi_table(appendix_a):
             check_roi_size(n)
         except InputError:
             excluded.add((subject, hemisphere, roi, n))
-    # Non-empty ROIs below 20 vertices (METHOD Appendix A) are excluded with the empty ones.
+    # Non-empty ROIs below 20 vertices (real Algonauts 2023 masks) are excluded with the empty ones.
     tiny = sorted(entry for entry in excluded if entry[3] > 0)
     assert tiny == [(3, "rh", "FFA-2", 11), (6, "lh", "mTL-words", 4), (7, "rh", "FFA-2", 18)]
 

@@ -1,4 +1,4 @@
-"""Model landscape (METHOD.md §6): Bhattacharyya distances, InPCA, MDS, and the probe figures."""
+"""Model landscape (method §6): Bhattacharyya distances, InPCA, MDS, and the probe figures."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ from tiny_backbone import random_pairs, seeded, tiny_alexnet
 
 
 def reference_bound(z_x: np.ndarray, z_y: np.ndarray, tau: float) -> float:
-    """METHOD §7.1 written out: f(i, j) = cos(z_x,i, z_y,j) / tau; rows are images."""
+    """docs/method.md §7.1 written out: f(i, j) = cos(z_x,i, z_y,j) / tau; rows are images."""
     unit_x = z_x / np.linalg.norm(z_x, axis=1, keepdims=True)
     unit_y = z_y / np.linalg.norm(z_y, axis=1, keepdims=True)
     f = unit_x @ unit_y.T / tau

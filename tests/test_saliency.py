@@ -1,4 +1,4 @@
-"""Salience maps, the flip-controlled lateralisation index and its statistics (METHOD.md §7.2)."""
+"""Salience maps, the flip-controlled lateralisation index and its statistics (method §7.2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of the seeded permutation and the clean / published splits (METHOD.md §1.3)."""
+"""Tests of the seeded permutation and the clean / published splits (docs/method.md §1.3)."""
 
 from __future__ import annotations
 

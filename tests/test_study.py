@@ -325,6 +325,6 @@ def test_runner_removes_feature_folders_of_killed_encodings(tmp_path):
     kept = run / "encoding" / "keep.txt"
     kept.parent.mkdir(parents=True)
     kept.write_text("results")
-    run_study(study(), run, dry_run=True, progress=False, announce=lambda _: None)
+    runner._remove_leftovers(RunDirectory(run))  # what run_study does under the lock
     assert not any(folder.exists() for folder in leftovers)
     assert kept.read_text() == "results"

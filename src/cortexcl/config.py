@@ -77,7 +77,7 @@ class OptimizerConfig(_Strict):
 
 
 class ContrastiveConfig(OptimizerConfig):
-    """Contrastive (CL) tuning, METHOD.md §2.1–2.3."""
+    """Contrastive (CL) tuning, docs/method.md §2.1–2.3."""
 
     temperature: float = Field(0.3, gt=0)
     symmetric: bool = False
@@ -88,14 +88,14 @@ class ContrastiveConfig(OptimizerConfig):
 
 
 class RegressionConfig(OptimizerConfig):
-    """Regression-tuned (RT) baseline, METHOD.md §2.4."""
+    """Regression-tuned (RT) baseline, docs/method.md §2.4."""
 
     epochs: int = Field(75, ge=1)
     lr: float = Field(2.5e-5, gt=0)
 
 
 class PooledConfig(OptimizerConfig):
-    """Pooled multi-subject contrastive model, METHOD.md §2.5."""
+    """Pooled multi-subject contrastive model, docs/method.md §2.5."""
 
     temperature: float = Field(0.3, gt=0)
     hidden_override: int | None = Field(None, ge=2)
@@ -111,7 +111,7 @@ class TuningConfig(_Strict):
 
 
 class EncodingConfig(_Strict):
-    """PCA + ridge encoding, METHOD.md §3."""
+    """PCA + ridge encoding, docs/method.md §3."""
 
     protocol: Literal["clean", "paper"] = "clean"
     n_components: int = Field(1000, ge=1)
@@ -131,7 +131,7 @@ class NODSimulationConfig(_Strict):
 
 
 class NODTransferConfig(_Strict):
-    """NSD backbones encode the Natural Object Dataset's V1-V4 (METHOD.md §4)."""
+    """NSD backbones encode the Natural Object Dataset's V1-V4 (docs/method.md §4)."""
 
     root: Path | None = Field(None, description="ds004496 root; null = a simulated NOD")
     simulate: NODSimulationConfig = NODSimulationConfig()
@@ -152,7 +152,7 @@ class NODTransferConfig(_Strict):
 
 
 class ClassificationConfig(_Strict):
-    """Classification probes of every backbone (METHOD.md §5)."""
+    """Classification probes of every backbone (docs/method.md §5)."""
 
     dataset: Literal["imagenet", "caltech256", "places365", "imagefolder", "fake",
                      "simulated"] = Field(
@@ -178,13 +178,13 @@ class ClassificationConfig(_Strict):
 
 
 class LandscapeConfig(_Strict):
-    """Model landscape from the probes' test probabilities (METHOD.md §6)."""
+    """Model landscape from the probes' test probabilities (docs/method.md §6)."""
 
     embedding: Literal["inpca", "mds-metric", "mds-classical"] = "inpca"
 
 
 class SaliencyConfig(_Strict):
-    """Salience maps and the flip-controlled lateralization index (METHOD.md §7.2)."""
+    """Salience maps and the flip-controlled lateralization index (docs/method.md §7.2)."""
 
     attribution: Literal["gradcam", "saliency", "integrated_gradients"] = "gradcam"
     methods: list[Method] = Field(default_factory=lambda: ["untuned", "cl"], min_length=1)
@@ -200,7 +200,7 @@ class EvaluationConfig(_Strict):
     mutual_info: bool = True
     temperature_scan: bool = Field(False, description="optimistic post-hoc τ, chosen on val")
     cross_subject: bool = Field(False, description="every subject's CL backbones encode every "
-                                                   "other subject (METHOD.md §3.5)")
+                                                   "other subject (docs/method.md §3.5)")
     pooled_vs_cross: bool = Field(False, description="compare pooled with cross-subject "
                                                      "backbones (needs cross_subject)")
     pooled_vs_cross_exclude: list[str] = Field(

@@ -1,6 +1,6 @@
 """Scores of encoding models: per-voxel Pearson r, noise ceilings and paired comparisons.
 
-See METHOD.md §3.4. Every function takes plain arrays and returns numpy values; "voxel" and
+See docs/method.md §3.4. Every function takes plain arrays and returns numpy values; "voxel" and
 "vertex" mean the same thing here (one column of a response matrix).
 """
 
@@ -59,7 +59,7 @@ def pearson_r(y_true: ArrayLike, y_pred: ArrayLike) -> np.ndarray:
 
 
 def noise_ceiling(ncsnr: ArrayLike, n_repeats: ArrayLike) -> np.ndarray:
-    """Noise ceiling of each voxel for a set of evaluation images (METHOD.md §3.4).
+    """Noise ceiling of each voxel for a set of evaluation images (docs/method.md §3.4).
 
     ``NC = ncsnr² / (ncsnr² + (A/3 + B/2 + C) / (A + B + C))`` with A, B, C the numbers of
     evaluation images shown 3, 2 and 1 times; the fraction is the mean of ``1 / n_repeats``.

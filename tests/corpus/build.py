@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from PIL import Image
 
 if __package__ in (None, ""):  # run as a script: make tests/ importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -296,12 +297,49 @@ def _(folder: Path) -> None:
         np.save(_fmri(folder, hemisphere), np.load(_fmri(folder, hemisphere))[:-1])
 
 
-@case("fmri-lh-rh-rows", ENCODE, f"{FMRI}/rh_training_fmri.npy", "21 rows but",
-      f"{FMRI}/lh_training_fmri.npy has 20")
+@case("fmri-lh-rh-rows", ENCODE, f"{FMRI}/rh_training_fmri.npy", "21 rows but 20 training")
 def _(folder: Path) -> None:
     """The rh fMRI array has one row more than the lh one."""
     fmri = np.load(_fmri(folder, "rh"))
     np.save(_fmri(folder, "rh"), np.concatenate([fmri, fmri[:1]]))
+
+
+@case("fmri-lh-short", ENCODE, f"{FMRI}/lh_training_fmri.npy", "19 rows but 20 training")
+def _(folder: Path) -> None:
+    """The lh fMRI array is one row short; rh is fine (the error names lh)."""
+    np.save(_fmri(folder, "lh"), np.load(_fmri(folder, "lh"))[:-1])
+
+
+def _ncsnr(folder: Path, values: list[float]) -> None:
+    """Give the subject noise-ceiling files whose first lh entries are ``values``."""
+    truth = _path(folder, SUBJECT) / "ground_truth"
+    truth.mkdir(exist_ok=True)
+    for hemisphere, n in N_VERTICES.items():
+        ncsnr = np.full(n, 0.5, dtype=np.float32)
+        if hemisphere == "lh":
+            ncsnr[:len(values)] = values
+        np.save(truth / f"{hemisphere}_ncsnr.npy", ncsnr)
+    np.save(truth / "n_repeats.npy", np.full(N_IMAGES, 3))
+
+
+@case("ncsnr-nan", ENCODE, f"{SUBJECT}/ground_truth/lh_ncsnr.npy", "2 entries are NaN or "
+      "infinite")
+def _(folder: Path) -> None:
+    """Two lh noise-ceiling SNRs are NaN."""
+    _ncsnr(folder, [np.nan, np.nan])
+
+
+@case("ncsnr-negative", ENCODE, f"{SUBJECT}/ground_truth/lh_ncsnr.npy", "1 negative entries")
+def _(folder: Path) -> None:
+    """One lh noise-ceiling SNR is negative."""
+    _ncsnr(folder, [-0.2])
+
+
+@case("image-float-out-of-range", ENCODE, IMAGES, "cannot decode image (float image outside")
+def _(folder: Path) -> None:
+    """A training image is a float TIFF renamed .png with values above 1."""
+    path = _images(folder)[0]
+    Image.fromarray(np.full((8, 8), 3.0, dtype=np.float32)).save(path, format="TIFF")
 
 
 @case("fmri-folder-missing", ENCODE, f"{FMRI}: training fMRI folder not found")
@@ -583,7 +621,7 @@ def _(folder: Path) -> None:
 
 
 @case("encode-out-under-file", _option("--out", "{case}/taken/run"),
-      "{case}/taken/run: cannot create the run directory")
+      "{case}/taken: not a directory; cannot create {case}/taken/run under it")
 def _(folder: Path) -> None:
     """The output path lies under an existing file."""
     (folder / "taken").write_text("a file\n")

@@ -1,4 +1,4 @@
-"""Reader of the Algonauts 2023 (NSD) on-disk layout (METHOD.md §1.1).
+"""Reader of the Algonauts 2023 (NSD) on-disk layout (docs/method.md §1.1).
 
 ::
 
@@ -287,7 +287,7 @@ class Subject:
         Returns
         -------
         numpy.ndarray or None
-            Fraction of explainable variance per vertex (METHOD.md §3.4), or None when the
+            Fraction of explainable variance per vertex (docs/method.md §3.4), or None when the
             subject has no noise-ceiling data.
         """
         check_hemisphere(hemisphere)
@@ -382,9 +382,6 @@ def load_subject(
     paths, image_ids = _training_images(image_dir)
     fmri_paths = {h: fmri_dir / f"{h}_training_fmri.npy" for h in HEMISPHERES}
     arrays = {h: _open_fmri(path) for h, path in fmri_paths.items()}
-    lh_rows, rh_rows = arrays["lh"].shape[0], arrays["rh"].shape[0]
-    if lh_rows != rh_rows:
-        raise InputError(f"{fmri_paths['rh']}: {rh_rows} rows but {fmri_paths['lh']} has {lh_rows}")
     for hemisphere, fmri in arrays.items():
         if fmri.shape[0] != len(paths):
             raise InputError(

@@ -1,4 +1,6 @@
-"""Reader of the Natural Object Dataset (NOD; OpenNeuro ds004496), ImageNet runs (METHOD.md §4).
+"""Reader of the Natural Object Dataset (NOD; OpenNeuro ds004496), ImageNet runs.
+
+See docs/method.md §4.
 
 Layout under the dataset root::
 
@@ -531,7 +533,7 @@ class NODSubject:
         The subject's raw folder ``<dataset_root>/sub-XX``.
     dataset_root : Path
     images : ImageStore
-        Stimuli in trial order, resized to a square (stretched, METHOD.md §1.4).
+        Stimuli in trial order, resized to a square (stretched, docs/method.md §1.4).
     image_ids : numpy.ndarray
         int64 trial index 0 … n_images-1 (row of ``trials``). These are not NSD ids: never
         match them against NSD ids.

@@ -1,4 +1,4 @@
-"""Train / validation / test splits of a subject's images (METHOD.md §1.3).
+"""Train / validation / test splits of a subject's images (docs/method.md §1.3).
 
 Every split derives from one seeded permutation π = ``torch.randperm(n)``:
 

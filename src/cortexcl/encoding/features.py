@@ -93,7 +93,7 @@ def extract_features(
 
     The backbone runs in eval mode under ``torch.inference_mode`` (dropout off, no gradients);
     each image's activation of a layer is flattened to C·H·W values with no pooling
-    (METHOD.md §3.1). On a GPU the forward passes use bfloat16 autocast and channels-last
+    (docs/method.md §3.1). On a GPU the forward passes use bfloat16 autocast and channels-last
     memory; channels-last is used on the CPU too, where it is faster. The model passed in is
     not modified (a copy runs).
 

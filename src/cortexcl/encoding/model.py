@@ -1,4 +1,4 @@
-"""Voxel-wise encoding model: PCA + ridge per layer, α per voxel and layer per ROI (METHOD §3).
+"""Voxel-wise encoding model: PCA + ridge per layer, α per voxel, layer per ROI (method §3).
 
 How it computes (exact, and equal to scikit-learn's ``PCA(svd_solver="full")`` followed by
 ``Ridge(alpha)`` on the PCA scores up to float32 rounding; the tests check both):
@@ -349,7 +349,7 @@ def _take_rows(tensor: torch.Tensor, positions: np.ndarray) -> torch.Tensor:
 
 
 def _ordered_layers(layers: Sequence[str]) -> list[str]:
-    """Candidate layers in METHOD §3.1 order first (ties go to the earlier), then the others."""
+    """Candidate layers in method §3.1 order first (ties go to the earlier), then the others."""
     rank = {name: i for i, name in enumerate(CANDIDATE_LAYERS)}
     return sorted(layers, key=lambda name: (rank.get(name, len(rank)), list(layers).index(name)))
 
@@ -421,7 +421,7 @@ class EncodingModel:
         the train fit, and score the test rows.
     standardize : bool
         Scale every feature to unit variance over the split's training rows before PCA
-        (``StandardScaler`` fit on train; METHOD §9 item 10).
+        (``StandardScaler`` fit on train; docs/method.md §9 item 9).
     progress : bool
         Show a progress bar over layers.
     device : str, optional
@@ -433,7 +433,7 @@ class EncodingModel:
     Attributes
     ----------
     best_layer_ : str
-        Layer with the best mean selection score (ties: the earlier in METHOD §3.1).
+        Layer with the best mean selection score (ties: the earlier in docs/method.md §3.1).
     alphas_ : numpy.ndarray of shape (n_voxels,)
         Chosen α per voxel at the best layer.
     val_r_ : numpy.ndarray of shape (n_voxels,)
@@ -484,9 +484,13 @@ class EncodingModel:
             raise InputError(f"responses must be (n_images, n_voxels), got {responses.shape}")
         n_images = responses.shape[0]
         for layer, array in features.items():
-            if array.ndim != 2 or array.shape[0] != n_images:
-                raise InputError(f"features {layer}: expected a ({n_images}, n_features) array "
-                                 f"(one row per image), found shape {array.shape}")
+            if array.ndim != 2:
+                raise InputError(f"features {layer}: expected an (n_images, n_features) array, "
+                                 f"found shape {array.shape}")
+            if array.shape[0] != n_images:
+                raise InputError(f"features and responses disagree on the number of images: "
+                                 f"features {layer} has {array.shape[0]} rows, responses "
+                                 f"{n_images} (one row per image in both)")
         parts = [split.train, split.test, *(i for fold in split.folds for i in fold)]
         if split.protocol == "clean":
             parts.append(split.val)
@@ -496,6 +500,14 @@ class EncodingModel:
             raise InputError("split: the paper protocol needs cross-validation folds and a test")
         if any(part.size and (part.min() < 0 or part.max() >= n_images) for part in parts):
             raise InputError(f"split: image indices outside 0..{n_images - 1}")
+        used = np.unique(np.concatenate([p.astype(np.int64) for p in parts]))
+        bad = np.zeros(responses.shape[1], dtype=bool)
+        for rows in np.array_split(used, max(1, used.size // 1024)):  # bounded copies
+            bad |= ~np.isfinite(responses[rows]).all(axis=0)
+        if bad.any():
+            raise InputError(f"responses: {int(bad.sum())} voxels have NaN or infinite values "
+                             "in images the split uses (train, val or test); remove those "
+                             "voxels or images")
         train = set(split.train.tolist())
         if any(not set(np.concatenate(fold).tolist()) <= train for fold in split.folds):
             raise InputError("split: cross-validation folds must lie inside the train part")
@@ -589,10 +601,7 @@ class EncodingModel:
 
     def _responses(self, responses: np.ndarray, rows: np.ndarray,
                    device: torch.device) -> torch.Tensor:
-        y = np.asarray(responses[rows], dtype=np.float32)
-        if not np.isfinite(y).all():
-            raise InputError("responses: non-finite values in the training or validation rows")
-        return torch.from_numpy(y).to(device)
+        return torch.from_numpy(np.asarray(responses[rows], dtype=np.float32)).to(device)
 
     def _layer_matrix(self, array: np.ndarray, rows: np.ndarray, n_ref: int, layer: str,
                       device: torch.device) -> tuple[torch.Tensor, bool, _Centring]:

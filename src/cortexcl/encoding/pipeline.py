@@ -111,7 +111,7 @@ def encode_subject(
     seed : int
         Seed of the split and of a random initialisation.
     protocol : {"clean", "paper"}
-        Evaluation protocol (METHOD.md §3.3).
+        Evaluation protocol (docs/method.md §3.3).
     n_components, alphas, refit
         Passed to `EncodingModel`.
     min_vertices : int
@@ -124,7 +124,7 @@ def encode_subject(
         Show progress bars.
     exclude_test_ids : array of int, optional
         Image ids (NSD ids) to drop from the test part: the images another subject's data
-        tuned the backbone with (METHOD.md §1.3, shared NSD images). The count is recorded.
+        tuned the backbone with (docs/method.md §1.3, shared NSD images). The count is recorded.
 
     Returns
     -------

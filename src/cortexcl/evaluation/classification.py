@@ -1,4 +1,4 @@
-"""Image-classification probes: does a tuned backbone keep its object knowledge? (METHOD.md §5)
+"""Image-classification probes: does a tuned backbone keep its object knowledge? (docs/method.md §5)
 
 A probe is a multinomial logistic regression on a backbone's eval-mode features (default
 ``classifier.5``, fc7 after ReLU) of a labelled image set. The images are split once by
@@ -80,7 +80,7 @@ class ToRGB:
 
 
 def probe_transform(crop: int = 224, resize: int | None = None) -> transforms.Compose:
-    """The probe transform (METHOD.md §1.4): RGB → resize shorter side → centre crop → normalise.
+    """The probe transform (method §1.4): RGB → resize shorter side → centre crop → normalise.
 
     Parameters
     ----------
@@ -413,7 +413,7 @@ def extract_probe_features(
 def probe_split(
     n_images: int, seed: int = 0, train_fraction: float = TRAIN_FRACTION
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Probe-train and probe-test indices (METHOD.md §5).
+    """Probe-train and probe-test indices (docs/method.md §5).
 
     ``torch.Generator().manual_seed(seed)``, then ``randperm(n_images)``; the first
     floor(train_fraction · n_images) indices (exact decimal arithmetic: 42500 of 50000) train.
@@ -431,7 +431,7 @@ class LinearProbe:
     """A standardised linear classifier: ``logits = ((x − mean) / scale) · coefᵀ + intercept``.
 
     Fold the scaler into a head for raw features with ``W' = coef / scale`` (per column) and
-    ``b' = intercept − W' · mean`` (METHOD.md §7.2).
+    ``b' = intercept − W' · mean`` (docs/method.md §7.2).
 
     Attributes
     ----------
@@ -698,7 +698,7 @@ def probe_backbones(
     cache_dir: str | Path | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Probe every backbone on one data set (METHOD.md §5).
+    """Probe every backbone on one data set (docs/method.md §5).
 
     Per backbone the outputs go to ``<out_dir>/<dataset>/<name>/`` (`save_probe_result`); the
     table ``<out_dir>/classification.csv`` gets one row per backbone (rows of other

@@ -1,4 +1,4 @@
-"""Cross-subject transfer and pooled vs cross-subject models (METHOD.md §3.5, §3.6).
+"""Cross-subject transfer and pooled vs cross-subject models (docs/method.md §3.5, §3.6).
 
 For every hemisphere × ROI, the backbone tuned on model subject *m* encodes target subject *t*
 (PCA and ridge fit on *t*'s train part, α and layer chosen on *t*'s val part, scored on *t*'s
@@ -104,7 +104,7 @@ def pooled_vs_cross(cross: pd.DataFrame, encoding: pd.DataFrame,
         The run's ``encoding.csv`` table (holds ``pct_improved_vs_untuned`` of the pooled
         methods, scored on the same test images as the untuned backbone).
     exclude : tuple of str
-        Entries ``"<hemisphere>:<roi>"`` to leave out (none by default; METHOD.md §3.6).
+        Entries ``"<hemisphere>:<roi>"`` to leave out (none by default; docs/method.md §3.6).
 
     Returns
     -------

@@ -1,4 +1,4 @@
-"""The model landscape: Bhattacharyya geometry of classifier outputs (METHOD.md §6).
+"""The model landscape: Bhattacharyya geometry of classifier outputs (docs/method.md §6).
 
 Every model u is represented by its probe-test probabilities P_u (N × C, the same images in the
 same order for all models). Distances follow Mao et al. 2024 (PNAS):

@@ -1,4 +1,4 @@
-"""InfoNCE lower bound on the mutual information between images and ROI responses (METHOD §7.1).
+"""InfoNCE lower bound on the mutual information of images and ROI responses (method §7.1).
 
 A trained contrastive model embeds ``K`` evaluation pairs as ``z_x, z_y`` (in eval mode, see
 :func:`embed_pairs`). With the critic ``f(i, j) = cos(z_x[i], z_y[j]) / tau``::

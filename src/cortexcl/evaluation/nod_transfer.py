@@ -1,4 +1,4 @@
-"""NSD backbones encoding the Natural Object Dataset (NOD) V1-V4 (METHOD.md §4).
+"""NSD backbones encoding the Natural Object Dataset (NOD) V1-V4 (docs/method.md §4).
 
 Each NOD area is encoded with the same-hemisphere NSD backbones of its counterpart (V1-V3 →
 V1v/V2v/V3v, or V1d/V2d/V3d with ``stream="dorsal"``; V4 → hV4) from every NSD subject, and

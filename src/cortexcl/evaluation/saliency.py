@@ -1,4 +1,4 @@
-"""Salience maps of a backbone's probe and a flip-controlled lateralisation index (METHOD.md §7.2).
+"""Salience maps of a backbone's probe and a flip-controlled lateralisation index (method §7.2).
 
 The network explained is the backbone up to fc7 (``classifier.5``) followed by its linear probe,
 with the probe's standard scaler folded into the head (`probe_head`, `ProbeNetwork`). Maps come
@@ -53,7 +53,7 @@ def probe_head(coef: np.ndarray, intercept: np.ndarray, mean: np.ndarray,
     """A linear layer giving the logits of a standardised linear probe on raw features.
 
     The probe computes ``coef @ ((f − mean) / scale) + intercept``; the head holds
-    ``W' = coef / scale`` and ``b' = intercept − W' @ mean`` (METHOD.md §7.2, pitfall 13).
+    ``W' = coef / scale`` and ``b' = intercept − W' @ mean`` (docs/method.md §7.2, pitfall 13).
 
     Parameters
     ----------

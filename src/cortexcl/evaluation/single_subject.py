@@ -68,7 +68,7 @@ def group_summary(table: pd.DataFrame) -> pd.DataFrame:
     """Group means (early / higher / streams) across subjects with paired tests.
 
     Within a subject, ROIs of a group are averaged without weights, using only the ROIs that
-    every method of the table has (METHOD.md §3.4); then mean and SD over subjects. Each method
+    every method of the table has (docs/method.md §3.4); then mean and SD over subjects. Each method
     is compared with each baseline by paired t and Wilcoxon tests across subjects.
     """
     rows = []

@@ -3,7 +3,7 @@
 A backbone tuned on subject *m* (or on the pooled subjects) and used to encode subject *t* is
 named ``<method>-from-<source>``, e.g. ``cl-from-subj02``. When *t*'s test images include images
 that tuned the backbone (the NSD shared images, matched by NSD id), they are dropped from *t*'s
-test part (METHOD.md §1.3), and every baseline it is compared with is scored on the same rows:
+test part (docs/method.md §1.3), and every baseline it is compared with is scored on the same rows:
 its saved test predictions are re-scored, which needs no refit because the ridge fit never
 sees test rows.
 """

@@ -11,7 +11,7 @@ from torchvision.models import AlexNet_Weights, alexnet
 
 from cortexcl.errors import InputError
 
-#: Layers whose activations the encoding models consider (METHOD.md §3.1), shallow to deep.
+#: Layers whose activations the encoding models consider (docs/method.md §3.1), shallow to deep.
 CANDIDATE_LAYERS: tuple[str, ...] = (
     "features.2",
     "features.5",

@@ -1,4 +1,4 @@
-"""The contrastive (CL) tuning model and its InfoNCE loss (METHOD §2.1, §2.2).
+"""The contrastive (CL) tuning model and its InfoNCE loss (docs/method.md §2.1, §2.2).
 
 An image ``x`` and the response ``y`` of one ROI to it are embedded by two branches that share a
 projection head::
@@ -125,7 +125,7 @@ def info_nce_from_similarities(
 
 
 def info_nce(z_x: Tensor, z_y: Tensor, temperature: float = 0.3, symmetric: bool = False) -> Tensor:
-    """One-directional InfoNCE loss of paired embeddings (METHOD §2.2).
+    """One-directional InfoNCE loss of paired embeddings (docs/method.md §2.2).
 
     With ``S[i, j] = cos(z_y[i], z_x[j])``::
 
@@ -156,7 +156,7 @@ def info_nce(z_x: Tensor, z_y: Tensor, temperature: float = 0.3, symmetric: bool
 
 
 class ContrastiveModel(nn.Module):
-    """Contrastive tuning model of one subject, hemisphere and ROI (METHOD §2.1).
+    """Contrastive tuning model of one subject, hemisphere and ROI (docs/method.md §2.1).
 
     Parameters
     ----------

@@ -1,4 +1,4 @@
-"""Projection head and the size rules of the contrastive models (METHOD §2.1, §9 item 7).
+"""Projection head and the size rules of the contrastive models (docs/method.md §2.1, §9 item 7).
 
 Every contrastive model maps both modalities into a hidden space of width ``h`` and then through
 one shared non-linear head ``g`` into an embedding space of width ``z``. For an ROI of ``n``
@@ -105,7 +105,7 @@ def head_dims(
 
 
 class ProjectionHead(nn.Sequential):
-    """The non-linear projection head ``g`` shared by both modalities (METHOD §2.1).
+    """The non-linear projection head ``g`` shared by both modalities (docs/method.md §2.1).
 
     ``Linear(h, h) -> BatchNorm1d(h) -> ReLU -> Linear(h, h) -> BatchNorm1d(h) -> ReLU ->
     Linear(h, z, bias=False)``. The state-dict keys are ``fc1.*, bn1.*, fc2.*, bn2.*, out.*``.

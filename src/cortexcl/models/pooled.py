@@ -1,4 +1,4 @@
-"""The pooled multi-subject contrastive model of one hemisphere and ROI (METHOD §2.5).
+"""The pooled multi-subject contrastive model of one hemisphere and ROI (docs/method.md §2.5).
 
 All subjects share the backbone, the image map ``W_x`` and the projection head ``g``; each
 subject ``s`` has its own response map ``W_y^(s): Linear(n_s -> h)``, since ROI sizes differ.

@@ -1,4 +1,4 @@
-"""The regression-tuned (RT) baseline model (METHOD §2.4)."""
+"""The regression-tuned (RT) baseline model (docs/method.md §2.4)."""
 
 from __future__ import annotations
 

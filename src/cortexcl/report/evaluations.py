@@ -25,7 +25,7 @@ SIDE_COLORS = {"lh": "#1f77b4", "rh": "#d62728", "": "#555555"}
 
 
 def classification_matrix(results: RunResults, out_dir: Path) -> ReportFigure | None:
-    """Probe accuracy per hemisphere × ROI and model (METHOD.md §5)."""
+    """Probe accuracy per hemisphere × ROI and model (docs/method.md §5)."""
     table = results.read_table("classification.csv")
     if table is None or (table["method"] == "untuned").all():
         return None
@@ -64,7 +64,7 @@ def landscape_figure(results: RunResults, out_dir: Path) -> ReportFigure | None:
     return ReportFigure(
         "landscape", path, "Model landscape",
         f"Bhattacharyya distances between the probes' test-set class probabilities of every "
-        f"backbone and the oracle (true labels), embedded by {variant} (METHOD.md §6); colour "
+        f"backbone and the oracle (true labels), embedded by {variant} (docs/method.md §6); colour "
         "= probe top-1 accuracy. tables/landscape_distances.csv holds the distances.")
 
 

@@ -1,4 +1,4 @@
-"""Figures of a run directory (METHOD.md §8).
+"""Figures of a run directory (docs/method.md §8).
 
 * ``roi_bars``: mean test r per ROI and backbone, one panel per hemisphere;
 * ``vertex_scatter``: per-vertex test r of each backbone against the untuned one;
@@ -41,7 +41,7 @@ METHOD_COLORS = {"untuned": "#8c8c8c", "cl": "#1f77b4", "rt": "#ff7f0e",
                  "pooled-avg": "#2ca02c", "pooled-const": "#9467bd"}
 HEMISPHERE_NAMES = {"lh": "left hemisphere", "rh": "right hemisphere"}
 FSAVERAGE5_N_VERTICES = 10242
-# (name, {hemisphere: (elevation, azimuth)}): METHOD.md §8 views of the inflated surface.
+# (name, {hemisphere: (elevation, azimuth)}): docs/method.md §8 views of the inflated surface.
 SURFACE_VIEWS = (
     ("lateral", {"lh": (0, -180), "rh": (0, 0)}),
     ("posterior", {"lh": (15, -90), "rh": (15, -90)}),

@@ -1,4 +1,4 @@
-"""Figures of the classification probes and the model landscape (METHOD.md §5, §6).
+"""Figures of the classification probes and the model landscape (docs/method.md §5, §6).
 
 * `accuracy_matrix`: probe top-1 accuracy, rows = hemisphere × ROI, columns = subjects, their
   mean, RT, pooled avg / const and untuned;
@@ -42,7 +42,7 @@ _MARKERS = ("o", "s", "^", "v", "D", "P", "X", "<", ">", "h", "p", "d", "8", "H"
 
 def model_group(method: str, hemisphere: str | None = None, roi: str | None = None,
                 *, fine: bool = False) -> str:
-    """Landscape group of a model (METHOD.md §6).
+    """Landscape group of a model (docs/method.md §6).
 
     ``untuned`` → "Untuned", ``oracle`` → "Oracle"; a prf ROI → "Early-L" / "Early-R" (with
     ``fine``: the ROI, V2v/V2d and V3v/V3d merged, e.g. "V2-L"); a floc ROI → "Late-Body",
@@ -108,7 +108,7 @@ def accuracy_table(table: pd.DataFrame, value: str = "top1") -> pd.DataFrame:
 
 def accuracy_matrix(table: pd.DataFrame, path: str | Path, *, value: str = "top1",
                     title: str | None = None) -> Path:
-    """Heat map of probe accuracy per hemisphere × ROI (rows) and model (columns), METHOD.md §5.
+    """Heat map of probe accuracy per hemisphere × ROI (rows) and model (columns), method §5.
 
     Parameters
     ----------
@@ -179,7 +179,7 @@ def landscape_scatter(
     title: str | None = None,
     group_means: bool = True,
 ) -> Path:
-    """Scatter of the first two landscape components (METHOD.md §6).
+    """Scatter of the first two landscape components (docs/method.md §6).
 
     Points are coloured by accuracy (colour bar; models without an accuracy, such as the
     oracle, are drawn black) and marked by group, with a legend; with ``group_means`` each

@@ -1,4 +1,4 @@
-"""Salience overlays (METHOD.md §7.2): rows = models, columns = images and their mirror images.
+"""Salience overlays (docs/method.md §7.2): rows = models, columns = images and their mirror images.
 
 Each panel shows the image with its map overlaid (the map is scaled to its own maximum for
 display only; the lateralisation index in the title is computed on the raw map), titled with

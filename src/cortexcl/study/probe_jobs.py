@@ -183,7 +183,7 @@ def write_probe_tables(run: RunDirectory) -> None:
 
 
 def saliency_tables(b_values: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
-    """Tests of the flip-controlled index b (METHOD.md §7.2).
+    """Tests of the flip-controlled index b (docs/method.md §7.2).
 
     Returns
     -------

@@ -32,7 +32,7 @@ from cortexcl.evaluation.nod_transfer import NOD, nsd_counterpart, write_nod_tab
 from cortexcl.evaluation.single_subject import write_tables
 from cortexcl.evaluation.transfer import split_transfer, train_image_ids, write_matched_baselines
 from cortexcl.models import TUNING_METHODS
-from cortexcl.models.backbones import describe_weights, load_alexnet, resolve_device
+from cortexcl.models.backbones import load_alexnet, resolve_device
 from cortexcl.models.heads import check_roi_size, check_roi_sizes
 from cortexcl.report import build_report
 from cortexcl.rundir import RunDirectory
@@ -106,7 +106,7 @@ def prepare_data(config: StudyConfig, progress: bool = True) -> Path:
     sim = config.data.simulate
     root = _simulation_root(config)
     # One seed for all subjects: their own draws depend on (seed, subject), and images with
-    # the same NSD id are the same images, so the shared NSD images are shared (METHOD §1.3).
+    # the same NSD id are the same images, so the shared NSD images are shared (method §1.3).
     for number in config.data.subjects:
         if not (root / subject_name(number)).is_dir():
             simulate_subject(root, subject=number, n_images=sim.n_images,
@@ -193,9 +193,6 @@ def run_study(config: StudyConfig, out: str | Path, *, dry_run: bool = False,
             datasets={name: context.subject(name).data_hash()
                       for name in map(subject_name, config.data.subjects)},
             extra={"weights": config.weights, "data_root": str(context.data_root)})
-        if config.weights == "none":
-            announce(f"weights: {describe_weights('none', seed=config.seed)} — an untrained "
-                     "network; every table and figure of this run says so")
         executor = make_executor(config.execution, run.root, progress=progress)
 
         def on_event(event: str, job: Job) -> None:
@@ -400,7 +397,7 @@ def _encode(job: Job, context: StudyContext) -> None:
 
 
 def _cross(job: Job, context: StudyContext) -> None:
-    """A backbone tuned on another subject encodes this subject's ROI (METHOD.md §3.5)."""
+    """A backbone tuned on another subject encodes this subject's ROI (docs/method.md §3.5)."""
     method, source = split_transfer(job.method)
     subject = context.subject(job.subject)
     weights = _tuned_backbone(context, method, source, job.hemisphere, job.roi)
@@ -411,7 +408,7 @@ def _cross(job: Job, context: StudyContext) -> None:
 
 
 def _nod(job: Job, context: StudyContext) -> None:
-    """An NSD backbone (or the untuned one) encodes a NOD subject's V1-V4 (METHOD.md §4)."""
+    """An NSD backbone (or the untuned one) encodes a NOD subject's V1-V4 (docs/method.md §4)."""
     nod = context.config.evaluation.nod_transfer
     subject = context.nod_subject(job.subject)
     if job.method == "untuned":
@@ -474,7 +471,7 @@ def _mutual_info(job: Job, context: StudyContext, model_dir: Path,
     Test pairs whose image id is in ``exclude_test_ids`` (images other subjects tuned a
     pooled model with) are left out.
 
-    ``mi_bits`` embeds in eval mode with the head's running statistics (METHOD.md §7.1);
+    ``mi_bits`` embeds in eval mode with the head's running statistics (docs/method.md §7.1);
     ``mi_bits_modality_bn`` uses each modality's own statistics, re-estimated on the train
     pairs (see `embed_pairs_with_modality_statistics`).
     """

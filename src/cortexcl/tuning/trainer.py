@@ -55,7 +55,7 @@ class TrainingSet:
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Optimisation settings (METHOD.md §2.3–2.5 defaults are those of contrastive tuning)."""
+    """Optimisation settings (docs/method.md §2.3–2.5 defaults are those of contrastive tuning)."""
 
     epochs: int = 30
     batch_size: int = 1024

@@ -54,7 +54,7 @@ class HemisphereMasks:
 
 
 def reference_counts(subject: int, hemisphere: str) -> dict[str, int]:
-    """Real challenge-space ROI sizes of an NSD subject (METHOD Appendix A).
+    """Real challenge-space ROI sizes of an NSD subject (counted on the Algonauts 2023 masks).
 
     Parameters
     ----------

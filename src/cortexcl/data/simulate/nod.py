@@ -1,4 +1,4 @@
-"""Write a simulated NOD subject (BIDS + ciftify layout, METHOD.md §4) with its ground truth.
+"""Write a simulated NOD subject (BIDS + ciftify layout, docs/method.md §4) with its ground truth.
 
 Under ``out_root`` (the dataset root; several subjects can share it)::
 
