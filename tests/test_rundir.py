@@ -75,7 +75,7 @@ def test_a_run_directory_belongs_to_one_study(tmp_path):
                                          r"\(settings.tuning.epochs 3 -> 5\); use another "
                                          r"--out, or --fresh to start over"):
         run.check_identity(STUDY_B)
-    with pytest.raises(InputError, match="holds another study"):
+    with pytest.raises(InputError, match="holds a study, not an encode run; use another"):
         run.check_identity({"kind": "encode", "settings": {}})
     with run.create(STUDY_B, fresh=True):  # starting over removes the other study's files
         assert sorted(p.name for p in run.root.iterdir()) == [".lock", "run.json"]

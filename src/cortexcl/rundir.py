@@ -136,10 +136,16 @@ class RunDirectory:
             return
         if recorded == _jsonable(identity):
             return
-        differences = _differences(recorded, _jsonable(identity))
-        shown = "; ".join(differences[:3]) + (" …" if len(differences) > 3 else "")
-        raise InputError(f"{self.root}: run directory holds another {recorded.get('kind', 'run')}"
-                         f" ({shown}); use another --out, or --fresh to start over")
+        kind, wanted = recorded.get("kind", "run"), identity.get("kind", "run")
+        if kind != wanted:
+            what = f"an {kind} run, not a {wanted}" if kind == "encode" else \
+                f"a {kind}, not an {wanted} run"
+        else:
+            differences = _differences(recorded, _jsonable(identity))
+            shown = "; ".join(differences[:3]) + (" …" if len(differences) > 3 else "")
+            what = f"another {kind} ({shown})"
+        raise InputError(f"{self.root}: run directory holds {what}; use another --out, or "
+                         "--fresh to start over")
 
     @contextlib.contextmanager
     def create(self, identity: dict[str, Any], *, fresh: bool = False) -> Iterator[RunDirectory]:
