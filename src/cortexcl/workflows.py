@@ -14,7 +14,7 @@ from cortexcl.data.algonauts import load_subject, subject_name
 from cortexcl.data.rois import HEMISPHERES, expand_rois
 from cortexcl.data.splits import PROTOCOLS
 from cortexcl.encoding.model import REFITS
-from cortexcl.encoding.pipeline import TABLE_KEY, encode_subject
+from cortexcl.encoding.pipeline import TABLE_KEY, encode_subject, order_columns
 from cortexcl.errors import InputError
 from cortexcl.models.backbones import describe_weights, load_alexnet, resolve_device
 from cortexcl.models.heads import check_roi_sizes
@@ -110,7 +110,7 @@ def encode(
             announce(f"{len(excluded)} ROI(s) left out for size: see {run.path('tables')}/"
                      "excluded.csv")
         if not encoded.empty:
-            run.upsert_table("encoding", encoded, TABLE_KEY)
+            run.upsert_table("encoding", order_columns(encoded), TABLE_KEY)
         return encoded
 
 

@@ -23,8 +23,18 @@ from cortexcl.models.backbones import describe_weights, initial_weights, load_al
 from cortexcl.rundir import RunDirectory
 
 TABLE_KEY = ("subject", "hemisphere", "roi", "method")
+
 TEST_ROWS = "test_rows.npy"
 TEST_PREDICTION = "test_prediction.npy"
+
+
+def order_columns(table: pd.DataFrame) -> pd.DataFrame:
+    """A results table with its key columns first, then the others in name order.
+
+    `cortexcl encode` and `cortexcl run` write ``encoding.csv`` in this one order.
+    """
+    first = [column for column in TABLE_KEY if column in table]
+    return table[first + sorted(c for c in table.columns if c not in first)]
 
 
 def without_test_images(split: Split, image_ids: np.ndarray,
@@ -165,8 +175,12 @@ def encode_subject(
                                       progress=progress, cache=pca_cache)
                 model.fit(features, responses[:, columns], split)
                 nc = None if ceiling is None else ceiling[columns]
+                # r is 0 where the measured or predicted test responses are constant: count them.
+                constant = (np.ptp(responses[np.asarray(split.test)][:, columns], axis=0) == 0) \
+                    | (np.ptp(model.predictions_, axis=0) == 0)
                 rows.append(_write_result(run, subject, hemisphere, roi, method, model, nc,
-                                          split.test, context))
+                                          split.test, {**context,
+                                                       "n_constant": int(constant.sum())}))
     return pd.DataFrame(rows), pd.DataFrame(excluded)
 
 

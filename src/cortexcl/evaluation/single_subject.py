@@ -22,6 +22,7 @@ from scipy import stats
 from cortexcl.atomic import atomic_write_csv
 from cortexcl.config import StudyConfig
 from cortexcl.data.rois import ROI_GROUPS
+from cortexcl.encoding.pipeline import order_columns
 from cortexcl.evaluation.transfer import matched_baseline
 from cortexcl.metrics import paired_wilcoxon, percent_improved
 from cortexcl.rundir import RunDirectory, read_table
@@ -61,7 +62,7 @@ def collect_results(run: RunDirectory) -> pd.DataFrame:
                 p_values.append(paired_wilcoxon(mine, other))
         table[f"pct_improved_vs_{baseline}"] = improved
         table[f"p_vs_{baseline}"] = p_values
-    return table.sort_values([*ENTRY, "method"], ignore_index=True)
+    return order_columns(table).sort_values([*ENTRY, "method"], ignore_index=True)
 
 
 def group_summary(table: pd.DataFrame) -> pd.DataFrame:

@@ -110,13 +110,25 @@ def render_report(results: RunResults, figures: list[ReportFigure], notes: list[
     excluded = results.read_table("excluded.csv")
     if excluded is not None:
         parts += ["<h3>Excluded ROIs</h3>", html_table(excluded)]
+    mutual_info = results.read_table("mutual_info.csv")
+    if mutual_info is not None:
+        parts += ["<h3>Mutual-information bound</h3>",
+                  "<p class='note'>InfoNCE lower bound on I(image; ROI response) in bits on the "
+                  "test pairs (docs/method.md §7.1); it cannot exceed log2 K (mi_log2_k) for K "
+                  "test pairs, and mi_bits_common_k evaluates every model at the study's "
+                  "smallest K so that subjects compare. mi_bits embeds in eval mode, where the "
+                  "head's BatchNorm running statistics blend images and responses (as "
+                  "published): it can be negative, a sign of that blending rather than of "
+                  "negative information. mi_bits_modality_bn re-estimates each modality's "
+                  "statistics on the train pairs.</p>",
+                  html_table(mutual_info)]
     parts += ["<h2>Figures</h2>", *(_figure(f) for f in figures)]
     if notes:
         parts += ["<h3>Notes</h3><ul>", *(f"<li>{_e(n)}</li>" for n in notes), "</ul>"]
     parts += ["<h2>Tables and settings</h2>",
               _details("All results (tables/encoding.csv)", html_table(_keys_first(results.table)))]
     for path in sorted(results.path("tables").glob("*.csv")):
-        if path.name not in ("encoding.csv", "groups.csv", "excluded.csv"):
+        if path.name not in ("encoding.csv", "groups.csv", "excluded.csv", "mutual_info.csv"):
             table = results.read_table(path.name)
             if table is not None:
                 parts.append(_details(f"tables/{path.name}", html_table(table)))
