@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from typer.testing import CliRunner
 from cortexcl.cli import app
 from cortexcl.config import ExecutionConfig
 from cortexcl.errors import InputError
-from cortexcl.rundir import RunDirectory
+from cortexcl.rundir import IDENTITY, RunDirectory
 from cortexcl.study import runner
 from cortexcl.study.executors import (
     RayExecutor,
@@ -22,7 +23,7 @@ from cortexcl.study.executors import (
     make_executor,
 )
 from cortexcl.study.jobs import Job
-from cortexcl.study.runner import run_study
+from cortexcl.study.runner import run_study, study_identity
 from cortexcl.tuning.trainer import CHECKPOINT
 from study_helpers import assert_same_results, fill_cache, study
 
@@ -95,6 +96,7 @@ def break_tuning(root: Path) -> Path:
     checkpoint = root / MODEL / CHECKPOINT
     checkpoint.parent.mkdir(parents=True)
     checkpoint.write_bytes(b"not a checkpoint")
+    (root / IDENTITY).write_text(json.dumps(study_identity(study(**STUDY))))  # this study's run
     return checkpoint
 
 
@@ -218,6 +220,7 @@ def test_an_unknown_executor_is_refused(tmp_path):
 
 def test_a_second_runner_on_the_same_run_is_refused(tmp_path):
     root = tmp_path / "run"
+    root.mkdir()
     with RunDirectory(root).lock(), pytest.raises(InputError, match="in use by pid"):
         run_study(study(**STUDY), root, progress=False, announce=lambda _: None)
     assert not (root / "config.yaml").exists()
