@@ -12,7 +12,7 @@ import yaml
 from cortexcl.config import load_config
 from cortexcl.data.algonauts import load_subject, subject_name
 from cortexcl.data.rois import HEMISPHERES, expand_rois
-from cortexcl.data.splits import PROTOCOLS
+from cortexcl.data.splits import PROTOCOLS, check_split, make_splits
 from cortexcl.encoding.model import REFITS
 from cortexcl.encoding.pipeline import TABLE_KEY, encode_subject, order_columns
 from cortexcl.errors import InputError
@@ -88,6 +88,7 @@ def encode(
                         progress=progress)
     check_roi_sizes({f"{h} {roi}": data.roi_indices(h, roi).size
                      for h in hemispheres for roi in roi_names}, min_vertices, data.root)
+    check_split(make_splits(data.n_images, seed=seed, protocol=protocol), str(data.root))
     for hemisphere in hemispheres:
         data.noise_ceiling(hemisphere)  # damaged ceiling files fail before anything is written
     data.images.array()  # and so does a damaged image: all are decoded (and cached) now

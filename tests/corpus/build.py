@@ -342,6 +342,16 @@ def _(folder: Path) -> None:
     Image.fromarray(np.full((8, 8), 3.0, dtype=np.float32)).save(path, format="TIFF")
 
 
+@case("subject-five-images", ENCODE, SUBJECT, "5 images give 3 train, 1 val and 1 test "
+      "images; the clean protocol needs at least 2 in each")
+def _(folder: Path) -> None:
+    """A subject with 5 images: too few to fit, select and score."""
+    shutil.rmtree(_path(folder, SUBJECT))
+    write_tiny_subject(folder / "data", n_images=5, image_size=IMAGE_SIZE,
+                       n_vertices=(N_VERTICES["lh"], N_VERTICES["rh"]), n_test_images=1,
+                       mask_dtype=np.uint8)
+
+
 @case("fmri-folder-missing", ENCODE, f"{FMRI}: training fMRI folder not found")
 def _(folder: Path) -> None:
     """The training_fmri folder is missing."""

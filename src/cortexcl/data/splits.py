@@ -171,6 +171,32 @@ def _cut(fraction: float, n: int) -> int:
     return math.floor(fraction * n + 1e-9)
 
 
+def check_split(split: Split, source: str = "split") -> None:
+    """Refuse a split too small to fit, select and score an encoding model.
+
+    Parameters
+    ----------
+    split : Split
+    source : str
+        What the images came from (a data folder), named in the error.
+
+    Raises
+    ------
+    InputError
+        ``clean``: fewer than 2 train, val or test images; ``paper``: no cross-validation
+        folds or fewer than 2 test images.
+    """
+    if split.protocol == "clean":
+        sizes = (split.train.size, split.val.size, split.test.size)
+        if min(sizes) < 2:
+            raise InputError(f"{source}: {sum(sizes)} images give {sizes[0]} train, {sizes[1]} "
+                             f"val and {sizes[2]} test images; the clean protocol needs at "
+                             "least 2 in each")
+    elif not split.folds or split.test.size < 2:
+        raise InputError(f"{source}: too few images for the paper protocol (cross-validation "
+                         "folds and at least 2 test images)")
+
+
 def make_splits(
     n_images: int,
     seed: int = 0,

@@ -42,7 +42,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from cortexcl.data.splits import Split
+from cortexcl.data.splits import Split, check_split
 from cortexcl.errors import InputError
 from cortexcl.models.backbones import CANDIDATE_LAYERS, resolve_device
 
@@ -491,13 +491,8 @@ class EncodingModel:
                 raise InputError(f"features and responses disagree on the number of images: "
                                  f"features {layer} has {array.shape[0]} rows, responses "
                                  f"{n_images} (one row per image in both)")
-        parts = [split.train, split.test, *(i for fold in split.folds for i in fold)]
-        if split.protocol == "clean":
-            parts.append(split.val)
-            if split.val.size < 2 or split.train.size < 2 or split.test.size < 2:
-                raise InputError("split: the clean protocol needs >= 2 train, val and test images")
-        elif not split.folds or split.test.size < 2:
-            raise InputError("split: the paper protocol needs cross-validation folds and a test")
+        parts = [split.train, split.val, split.test, *(i for fold in split.folds for i in fold)]
+        check_split(split)
         if any(part.size and (part.min() < 0 or part.max() >= n_images) for part in parts):
             raise InputError(f"split: image indices outside 0..{n_images - 1}")
         used = np.unique(np.concatenate([p.astype(np.int64) for p in parts]))

@@ -18,7 +18,7 @@ from cortexcl.data.algonauts import Subject, load_subject, subject_name
 from cortexcl.data.images import default_cache_dir
 from cortexcl.data.nod import NODSubject, load_nod_subject, nod_subject_name
 from cortexcl.data.rois import WHOLE_HEMISPHERE, roi_class
-from cortexcl.data.splits import Split
+from cortexcl.data.splits import Split, check_split, make_splits
 from cortexcl.encoding.pipeline import encode_subject, record_split, without_test_images
 from cortexcl.evaluation.cross_subject import CROSS_SUBJECT, write_cross_subject_tables
 from cortexcl.evaluation.mutual_info import (
@@ -248,6 +248,8 @@ def check_inputs(context: StudyContext) -> None:
                     config.selection.min_vertices, context.data_root)
     for name in names:
         subject = context.subject(name)
+        check_split(make_splits(subject.n_images, config.seed, config.encoding.protocol),
+                    str(subject.root))
         for hemisphere in config.selection.hemispheres:
             subject.noise_ceiling(hemisphere)
         subject.images.array()
