@@ -179,7 +179,7 @@ def stamp_figure(path: Path, text: str) -> Path:
 
     with Image.open(path) as opened:
         image = opened.convert("RGB")
-    font = ImageFont.load_default(size=max(12, image.width // 60))
+    font = ImageFont.load_default(size=16)
     height = int(font.size * 1.8)
     stamped = Image.new("RGB", (image.width, image.height + height), "white")
     stamped.paste(image, (0, height))
@@ -430,13 +430,14 @@ def training_curves(results: RunResults, out_dir: Path, subject: str) -> ReportF
                 if "val_loss" in log and log["val_loss"].notna().any():
                     ax.plot(log["epoch"], log["val_loss"], linestyle="--", **style)
                 shown.add(roi)
-                batch = _train_batch(results.path("models", "pooled" if method.startswith(
+                batches = _batch_sizes(results.path("models", "pooled" if method.startswith(
                     "pooled") else subject, hemisphere, roi, method))
-                if method != "rt" and batch:
-                    chance.add(batch)
-            for batch in sorted(chance):
-                ax.axhline(np.log(batch), color="grey", linestyle=":", linewidth=1)
-                ax.annotate(f"chance, batch {batch}", (0.01, np.log(batch)), fontsize=7,
+                if method != "rt":
+                    chance.update(batches.items())
+            for part, batch in sorted(chance):
+                ax.axhline(np.log(batch), color="grey", linewidth=1,
+                           linestyle=":" if part == "train" else "-.")
+                ax.annotate(f"chance, {part} batch {batch}", (0.01, np.log(batch)), fontsize=7,
                             color="grey", xycoords=("axes fraction", "data"), va="bottom")
             ax.set_title(f"{method}, {hemisphere}", fontsize=10)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -453,20 +454,23 @@ def training_curves(results: RunResults, out_dir: Path, subject: str) -> ReportF
                f"specific backbones of {subject}, and pooled backbones): training images "
                f"(solid) and validation images (dashed), which never update the model. A "
                f"validation loss rising while the training loss falls signals overfitting. "
-               f"A contrastive (InfoNCE) loss grows with the batch size: the dotted line is "
-               f"chance for a training batch (log of its size, in nats); compare trends, not "
-               f"levels, between training and validation batches of different sizes. "
+               f"A contrastive (InfoNCE) loss grows with the batch size: grey lines mark "
+               f"chance (log of the batch size, in nats) for a training batch (dotted) and a "
+               f"validation batch (dash-dotted); a curve below its line has learned to match "
+               f"images and responses. "
                f"Regression tuning (rt) shows its mean squared error.")
     return ReportFigure("training_curves", path, "Tuning curves", caption)
 
 
-def _train_batch(model_dir: Path) -> int | None:
-    """Pairs in a training batch of a tuned model: min(batch size, train images), from meta."""
+def _batch_sizes(model_dir: Path) -> dict[str, int]:
+    """Pairs in a train and a val batch of a tuned model (min(batch size, images)), from meta."""
     try:
         meta = json.loads((model_dir / "meta.json").read_text())
-        return min(int(meta["settings"]["batch_size"]), min(meta["n_train"].values()))
+        batch = int(meta["settings"]["batch_size"])
+        return {part: min(batch, min(meta[f"n_{part}"].values()))
+                for part in ("train", "val") if f"n_{part}" in meta}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
+        return {}
 
 
 @dataclass
@@ -598,12 +602,16 @@ def surface_maps(results: RunResults, out_dir: Path, subject: str,
     for kind, group, label in (("r", r_maps, "test r"), ("delta", delta_maps, "Δr")):
         if not group:
             continue
-        limit = max(float(np.abs(v).max()) for values in group.values() for v in values.values())
+        # A robust limit: the 99th percentile of |value| over the encoded vertices, so that one
+        # extreme vertex does not wash out the rest (beyond it, colours saturate).
+        every = np.concatenate([v[np.abs(v) > ZERO_THRESHOLD] for values in group.values()
+                                for v in values.values()])
+        limit = float(np.percentile(np.abs(every), 99)) if every.size else 1.0
         limit = limit or 1.0
-        # r maps that are all positive use a sequential scale from 0; Δr and mixed-sign r
-        # maps a diverging one with a light middle and a symmetric range.
-        positive = kind == "r" and all(float(v.min()) >= 0 for values in group.values()
-                                       for v in values.values())
+        # r maps that are (at least 99 %) positive use a sequential scale from 0, rarer negative
+        # r saturating at its bottom colour; Δr and mixed-sign r maps a diverging one with a
+        # light middle and a symmetric range.
+        positive = kind == "r" and (every.size == 0 or float(np.percentile(every, 1)) >= 0)
         scale = (0.0, limit, "viridis") if positive else (-limit, limit, "RdBu_r")
         for method, values in group.items():
             start = time.perf_counter()
@@ -618,11 +626,12 @@ def surface_maps(results: RunResults, out_dir: Path, subject: str,
                         f"(red: better, blue: worse)")
                 bar_label = f"Δr ({method} − {BASELINE})"
             path = _draw_surface(values, mesh, scale, bar_label, out_dir / f"{name}.png")
-            limits = f"0 to {limit:.2f}" if positive else f"±{limit:.2f}"
+            limits = (f"0 (or below) to {limit:.2f}" if positive else f"±{limit:.2f}")
             caption = (f"{subject}: {what}, on the inflated fsaverage5 surface over sulcal "
                        f"depth (lateral, posterior and ventral views). Vertices outside the "
-                       f"encoded ROIs are grey; colour limits {limits} are shared by all "
-                       f"{label} maps. {counts}")
+                       f"encoded ROIs are grey; colour limits {limits} (99th percentile of "
+                       f"|value|; beyond it colours saturate) are shared by all {label} maps. "
+                       f"{counts}")
             figures.append(ReportFigure(name, path, title, caption,
                                         time.perf_counter() - start))
     return figures, notes
@@ -654,7 +663,7 @@ def _draw_surface(values: dict[str, np.ndarray], mesh: dict, scale: tuple[float,
     fig.subplots_adjust(left=0, right=0.9, bottom=0, top=0.95, wspace=0, hspace=0)
     colorbar_axes = fig.add_axes((0.92, 0.15, 0.015, 0.7))
     colorbar = fig.colorbar(ScalarMappable(norm=Normalize(vmin, vmax), cmap=colormaps[cmap]),
-                            cax=colorbar_axes)
+                            cax=colorbar_axes, extend="both")
     colorbar.set_label(label)
     return save_figure(fig, path)
 

@@ -370,6 +370,7 @@ def _tune(job: Job, context: StudyContext) -> None:
         "weights": context.config.weights,
         "data_hash": {d.name: context.subject(d.name).data_hash() for d in data},
         "n_train": {d.name: len(d.train) for d in data},
+        "n_val": {d.name: len(d.val) for d in data},
         "final_train_loss": float(last["train_loss"]), "final_val_loss": float(last["val_loss"]),
         "images_per_s": float(log["images_per_s"].mean()),
     }
