@@ -486,3 +486,19 @@ def test_writer_is_deterministic_and_shares_a_root(tmp_path: Path) -> None:
 def test_nod_split_sizes() -> None:
     split = make_splits(4000)
     assert (len(split.train), len(split.val), len(split.test)) == (3000, 400, 600)
+
+
+def test_constant_runs_are_counted(nod_root: Path, nod_copy: Path) -> None:
+    """A selected vertex whose betas are constant over a run is z = 0 there, and counted."""
+    assert load(nod_root).data_notes("lh") == {"n_constant_vertex_runs": 0}
+    selected = columns(load(nod_root), nod_root, "lh")[:3]
+    path = beta_path(nod_copy, 1, 2)
+    data, *axes = read_cifti(path)
+    data[:, selected] = 7.0  # three selected lh vertices are flat in session 1, run 2
+    resave(path, data, tuple(axes))
+    subject = load(nod_copy)
+    assert subject.data_notes("lh") == {"n_constant_vertex_runs": 3}
+    assert subject.data_notes("rh") == {"n_constant_vertex_runs": 0}
+    run_rows = (subject.trials["session"] == 1) & (subject.trials["run"] == 2)
+    flat = subject.responses("lh")[run_rows.to_numpy()][:, :3]
+    assert np.all(flat == 0)

@@ -270,6 +270,11 @@ class Subject:
         """Return the fsaverage vertex index of every fMRI column (int64)."""
         return self._fsaverage_index[check_hemisphere(hemisphere)].copy()
 
+    def data_notes(self, hemisphere: str) -> dict[str, int]:
+        """Counts of what reading the data changed (none for this layout; see NODSubject)."""
+        check_hemisphere(hemisphere)
+        return {}
+
     def noise_ceiling(
         self, hemisphere: str, indices: np.ndarray | None = None
     ) -> np.ndarray | None:

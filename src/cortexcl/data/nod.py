@@ -552,6 +552,11 @@ class NODSubject:
 
     rois: tuple[str, ...] = NOD_ROIS
 
+    def data_notes(self, hemisphere: str) -> dict[str, int]:
+        """Counts of what reading the data changed: ``n_constant_vertex_runs``, the (vertex,
+        run) pairs whose betas were constant over the run and so z-scored to 0."""
+        return {"n_constant_vertex_runs": int(self._constant_runs.get(hemisphere, 0))}
+
     def __init__(
         self,
         name: str,
@@ -563,6 +568,7 @@ class NODSubject:
         normalization: str,
         top_k: int | None,
         r2_map: R2Map,
+        constant_runs: dict[str, int] | None = None,
     ) -> None:
         self.name = name
         self.dataset_root = dataset_root
@@ -576,6 +582,7 @@ class NODSubject:
         self.r2_map = r2_map
         self._responses = responses
         self._vertex_tables = vertex_tables
+        self._constant_runs = dict(constant_runs or {})
         self._data_hash: str | None = None
 
     def __repr__(self) -> str:
@@ -775,6 +782,7 @@ def load_nod_subject(
 
     trial_frames: list[pd.DataFrame] = []
     blocks: dict[str, list[np.ndarray]] = {h: [] for h in HEMISPHERES}
+    constant = dict.fromkeys(HEMISPHERES, 0)
     for run in tqdm(runs, desc=f"{name} runs", unit="run", disable=not progress):
         events = _read_events(run.events)
         beta_path = _one_file(run.folder, "_beta.dscalar.nii")
@@ -795,6 +803,9 @@ def load_nod_subject(
         for hemisphere in HEMISPHERES:
             values = _normalise(block, selected[hemisphere], normalization, beta_path)
             blocks[hemisphere].append(values.astype(np.float32))
+            if normalization == "run":  # a vertex constant over a run's trials is z = 0
+                constant[hemisphere] += int(np.sum(np.ptp(block[:, selected[hemisphere]],
+                                                          axis=0) == 0))
         events.insert(0, "trial", np.arange(1, len(events) + 1))
         events.insert(0, "run", run.run)
         events.insert(0, "session", run.session)
@@ -818,6 +829,7 @@ def load_nod_subject(
         normalization=normalization,
         top_k=k,
         r2_map=r2_map,
+        constant_runs=constant,
     )
 
 

@@ -179,7 +179,7 @@ def encode_subject(
                 constant = (np.ptp(responses[np.asarray(split.test)][:, columns], axis=0) == 0) \
                     | (np.ptp(model.predictions_, axis=0) == 0)
                 rows.append(_write_result(run, subject, hemisphere, roi, method, model, nc,
-                                          split.test, {**context,
+                                          split.test, {**context, **subject.data_notes(hemisphere),
                                                        "n_constant": int(constant.sum())}))
     return pd.DataFrame(rows), pd.DataFrame(excluded)
 
