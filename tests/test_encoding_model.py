@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,9 @@ from cortexcl.data.splits import make_splits
 from cortexcl.encoding.model import ALPHAS, EncodingModel, PCACache, iter_columns, pca_scores
 from cortexcl.errors import InputError
 from cortexcl.metrics import pearson_r
+
+# The published absolute α grid: what the comparisons with scikit-learn and himalaya use.
+Absolute = partial(EncodingModel, alpha_scale="absolute")
 
 N_IMAGES = 400
 N_LATENT = 8
@@ -59,7 +63,7 @@ def synthetic():
 def fitted(synthetic):
     features, responses, _, _ = synthetic
     split = make_splits(N_IMAGES, seed=0)
-    return EncodingModel(n_components=30, progress=False).fit(features, responses, split), split
+    return Absolute(n_components=30, progress=False).fit(features, responses, split), split
 
 
 def _sklearn_r(x, y, fit, other, k, alphas, scale_rows=None):
@@ -101,7 +105,7 @@ def test_sign_convention_is_deterministic():
 def test_ridge_with_per_voxel_alpha_equals_sklearn_and_himalaya(synthetic, layer):
     features, responses, _, _ = synthetic
     split = make_splits(N_IMAGES, seed=0)
-    model = EncodingModel(n_components=30, progress=False)
+    model = Absolute(n_components=30, progress=False)
     model.fit({layer: features[layer]}, responses, split)
     fit_rows = np.concatenate([split.train, split.val])
     z_fit, z_test, _ = pca_scores(features[layer][fit_rows], features[layer][split.test], 30)
@@ -125,7 +129,7 @@ def test_selection_scores_equal_sklearn_pipeline(synthetic):
     features, responses, _, _ = synthetic
     split = make_splits(N_IMAGES, seed=0)
     for standardize in (False, True):
-        model = EncodingModel(n_components=30, standardize=standardize, progress=False)
+        model = Absolute(n_components=30, standardize=standardize, progress=False)
         model.fit({"b": features["b"]}, responses, split)
         r = _sklearn_r(features["b"], responses, split.train, split.val, 30, ALPHAS,
                        scale_rows=split.train if standardize else None)
@@ -141,7 +145,7 @@ def test_picks_the_informative_layer_and_reaches_theory(fitted, synthetic):
     assert model.best_layer_ == "b"
     scores = model.layer_scores_.set_index("layer")
     assert list(model.layer_scores_.columns) == ["layer", "mean_val_r", "median_val_r",
-                                                 "n_components", "selected"]
+                                                 "n_components", "selected", "stability"]
     assert scores.loc["b", "selected"] and not scores.loc[["a", "c"], "selected"].any()
     assert scores.loc["a", "mean_val_r"] < 0.2 < scores.loc["b", "mean_val_r"]
     assert (scores["n_components"] == 30).all()
@@ -165,7 +169,7 @@ def test_test_rows_never_influence_selection(synthetic, fitted):
         poisoned_features[layer] = poisoned
     poisoned_responses = responses.copy()
     poisoned_responses[split.test] = rng.uniform(-1e3, 1e3, (split.test.size, 40))
-    other = EncodingModel(n_components=30, progress=False)
+    other = Absolute(n_components=30, progress=False)
     other.fit(poisoned_features, poisoned_responses, split)
     assert other.best_layer_ == model.best_layer_
     np.testing.assert_array_equal(other.alphas_, model.alphas_)
@@ -177,7 +181,7 @@ def test_test_rows_never_influence_selection(synthetic, fitted):
 def test_same_inputs_give_identical_outputs(synthetic, fitted):
     features, responses, _, _ = synthetic
     model, split = fitted
-    again = EncodingModel(n_components=30, progress=False).fit(features, responses, split)
+    again = Absolute(n_components=30, progress=False).fit(features, responses, split)
     for name in ("alphas_", "val_r_", "test_r_", "predictions_"):
         np.testing.assert_array_equal(getattr(again, name), getattr(model, name))
     pd.testing.assert_frame_equal(again.layer_scores_, model.layer_scores_, check_exact=True)
@@ -191,8 +195,8 @@ def test_float16_memory_maps_give_the_same_fit(synthetic, tmp_path):
         half[layer] = array.astype(np.float16).astype(np.float32)
         np.save(tmp_path / f"{layer}.npy", array.astype(np.float16))
         maps[layer] = np.load(tmp_path / f"{layer}.npy", mmap_mode="r")
-    from_memory = EncodingModel(n_components=30, progress=False).fit(half, responses, split)
-    from_disk = EncodingModel(n_components=30, progress=False).fit(maps, responses, split)
+    from_memory = Absolute(n_components=30, progress=False).fit(half, responses, split)
+    from_disk = Absolute(n_components=30, progress=False).fit(maps, responses, split)
     np.testing.assert_array_equal(from_disk.predictions_, from_memory.predictions_)
     np.testing.assert_array_equal(from_disk.val_r_, from_memory.val_r_)
 
@@ -215,7 +219,7 @@ def test_iter_columns_reads_row_segments_of_files(tmp_path, monkeypatch):
 def test_refit_on_train_only_uses_train_pca(synthetic):
     features, responses, _, _ = synthetic
     split = make_splits(N_IMAGES, seed=0)
-    model = EncodingModel(n_components=30, refit="train", progress=False)
+    model = Absolute(n_components=30, refit="train", progress=False)
     model.fit({"b": features["b"]}, responses, split)
     z_fit, z_test, _ = pca_scores(features["b"][split.train], features["b"][split.test], 30)
     expected = np.column_stack([
@@ -228,7 +232,7 @@ def test_paper_protocol_reports_cross_validated_r(synthetic):
     features, responses, _, _ = synthetic
     split = make_splits(N_IMAGES, seed=0, protocol="paper")
     layers = {"a": features["a"], "b": features["b"]}
-    model = EncodingModel(n_components=30, progress=False).fit(layers, responses, split)
+    model = Absolute(n_components=30, progress=False).fit(layers, responses, split)
     assert model.best_layer_ == "b"
     folds = [_sklearn_r(features["b"], responses, tr, va, 30, ALPHAS) for tr, va in split.folds]
     cv_r = np.mean(folds, axis=0)
@@ -242,7 +246,7 @@ def test_tie_goes_to_the_earlier_candidate_layer(synthetic):
     features, responses, _, _ = synthetic
     split = make_splits(N_IMAGES, seed=0)
     same = features["b"]
-    model = EncodingModel(n_components=30, progress=False)
+    model = Absolute(n_components=30, progress=False)
     model.fit({"classifier.5": same, "features.9": same.copy()}, responses, split)
     assert model.best_layer_ == "features.9"
     assert list(model.layer_scores_["layer"]) == ["features.9", "classifier.5"]
@@ -276,7 +280,7 @@ def test_mismatched_rows_are_input_errors(synthetic):
 def test_more_components_than_training_images(synthetic):
     features, responses, _, _ = synthetic
     split = make_splits(80, seed=1)  # 60 train rows, 68 train+val rows for the refit
-    model = EncodingModel(n_components=1000, progress=False)
+    model = Absolute(n_components=1000, progress=False)
     model.fit({"b": features["b"][:80], "c": features["c"][:80]}, responses[:80], split)
     scores = model.layer_scores_.set_index("layer")["n_components"]
     assert scores.to_dict() == {"b": 60, "c": 60}
@@ -297,16 +301,76 @@ def test_pca_cache_shares_decompositions_across_rois(synthetic, fitted, monkeypa
 
     monkeypatch.setattr(EncodingModel, "_layer_matrix", counting)
     rois = [np.arange(0, 25), np.arange(25, 40)]
-    models = [EncodingModel(n_components=30, progress=False, cache=cache)
+    models = [Absolute(n_components=30, progress=False, cache=cache)
               .fit(features, responses[:, roi], split) for roi in rois]
     assert computed == ["a", "b", "c"] and len(cache) == 3  # the second ROI reused them all
     for model, roi in zip(models, rois, strict=True):
-        alone = EncodingModel(n_components=30, progress=False)
+        alone = Absolute(n_components=30, progress=False)
         alone.fit(features, responses[:, roi], split)
         np.testing.assert_array_equal(model.predictions_, alone.predictions_)
         np.testing.assert_array_equal(model.val_r_, alone.val_r_)
         np.testing.assert_allclose(model.val_r_, whole.val_r_[roi], atol=1e-12)  # per voxel
     other_split = make_splits(N_IMAGES, seed=1)
-    EncodingModel(n_components=30, progress=False, cache=cache).fit(
+    Absolute(n_components=30, progress=False, cache=cache).fit(
         {"b": features["b"]}, responses, other_split)
     assert computed[-1] == "b" and len(cache) == 4  # another split is another entry
+
+
+# Scale-free ridge and the uncertainty of the layer choice
+
+
+@pytest.mark.parametrize("factor", [1e-3, 1e3])
+def test_relative_alpha_grid_is_scale_free(synthetic, factor):
+    """Activations 1000 times smaller or larger: the same choices and the same test r."""
+    features, responses, _, _ = synthetic
+    split = make_splits(N_IMAGES, seed=0)
+    base = EncodingModel(n_components=30, progress=False).fit(features, responses, split)
+    scaled = EncodingModel(n_components=30, progress=False).fit(
+        {name: array * np.float32(factor) for name, array in features.items()}, responses, split)
+    assert scaled.best_layer_ == base.best_layer_
+    np.testing.assert_array_equal(scaled.alphas_, base.alphas_)
+    np.testing.assert_allclose(scaled.test_r_, base.test_r_, atol=1e-4)
+    np.testing.assert_allclose(scaled.absolute_alphas_, base.absolute_alphas_ * factor**2,
+                               rtol=1e-3)
+    # The absolute grid is not: smaller activations push voxels onto its smallest α.
+    plain, tiny = (Absolute(n_components=30, progress=False).fit(
+        {"b": features["b"] * np.float32(scale)}, responses, split) for scale in (1, 1e-3))
+    assert tiny.alpha_edges_["low"] > plain.alpha_edges_["low"] + 10
+
+
+def test_absolute_alpha_is_the_relative_one_times_the_mean_eigenvalue(synthetic, fitted):
+    features, responses, _, _ = synthetic
+    _, split = fitted
+    model = EncodingModel(n_components=30, refit="train", progress=False)
+    model.fit({"b": features["b"]}, responses, split)
+    pca = PCA(30, svd_solver="full").fit(features["b"][split.train].astype(np.float64))
+    mean_eigenvalue = pca.explained_variance_.mean() * (split.train.size - 1)
+    np.testing.assert_allclose(model.absolute_alphas_, model.alphas_ * mean_eigenvalue,
+                               rtol=1e-4)
+    grid = np.logspace(-4, 4, 9)
+    assert model.alpha_edges_ == {"low": int(np.sum(model.alphas_ == grid[0])),
+                                  "high": int(np.sum(model.alphas_ == grid[-1]))}
+
+
+def test_layer_choice_margin_and_stability(synthetic):
+    features, responses, _, _ = synthetic
+    split = make_splits(N_IMAGES, seed=0)
+    rng = np.random.default_rng(5)
+    near = features["b"] + rng.normal(0, 0.3, features["b"].shape).astype(np.float32)
+    model = EncodingModel(n_components=30, progress=False).fit(
+        {"a": features["a"], "b": features["b"], "b-noisy": near}, responses, split)
+    scores = model.layer_scores_.set_index("layer")
+    assert model.best_layer_ == "b"
+    ranked = scores["mean_val_r"].sort_values(ascending=False)
+    assert model.layer_margin_ == pytest.approx(ranked.iloc[0] - ranked.iloc[1])
+    assert scores["stability"].sum() == pytest.approx(1.0)
+    assert scores.loc["a", "stability"] == 0.0  # the unrelated layer never wins
+    assert model.layer_stability_ == scores.loc["b", "stability"]
+    # A near-equal layer wins a good share of the resamples: the choice is uncertain.
+    assert 0.2 < scores.loc["b-noisy", "stability"] < 0.8
+    clear = EncodingModel(n_components=30, progress=False).fit(
+        {"a": features["a"], "b": features["b"]}, responses, split)
+    assert clear.layer_stability_ == 1.0 and clear.layer_margin_ > 0.3
+    again = EncodingModel(n_components=30, progress=False).fit(
+        {"a": features["a"], "b": features["b"], "b-noisy": near}, responses, split)
+    assert again.layer_stability_ == model.layer_stability_  # seeded

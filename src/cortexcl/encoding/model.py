@@ -46,7 +46,10 @@ from cortexcl.data.splits import Split, check_split
 from cortexcl.errors import InputError
 from cortexcl.models.backbones import CANDIDATE_LAYERS, resolve_device
 
-ALPHAS = np.logspace(-1, 7, 9)
+ALPHAS = np.logspace(-1, 7, 9)  # the published absolute grid
+RELATIVE_ALPHAS = np.logspace(-4, 4, 9)  # × the mean PCA eigenvalue of each fit
+ALPHA_SCALES = ("relative", "absolute")
+LAYER_BOOTSTRAPS = 200  # resamples of the val images for the stability of the layer choice
 REFITS = ("train+val", "train")
 
 _BLOCK_BYTES = 64 << 20  # bytes of features read at a time
@@ -414,8 +417,9 @@ class EncodingModel:
     ----------
     n_components : int
         PCA components per layer (fewer when a fit has fewer rows or the layer fewer features).
-    alphas : array_like
-        Ridge penalty grid (positive).
+    alphas : array_like, optional
+        Ridge penalty grid (positive); default `RELATIVE_ALPHAS` (10⁻⁴ … 10⁴) with
+        ``alpha_scale="relative"``, the published `ALPHAS` (10⁻¹ … 10⁷) with ``"absolute"``.
     refit : {"train+val", "train"}
         Clean protocol: after selection, refit PCA and ridge on train ∪ val (default) or keep
         the train fit, and score the test rows.
@@ -429,13 +433,30 @@ class EncodingModel:
     cache : PCACache, optional
         Share PCA decompositions with other models fit on the same features and split (e.g.
         one per ROI); see `PCACache`.
+    alpha_scale : {"relative", "absolute"}
+        ``relative`` (scale-free): each α of the grid is multiplied by the mean eigenvalue of
+        the fit's PCA (the mean variance of its components, times the number of fit rows), so
+        one grid fits every layer and backbone whatever the size of its activations;
+        ``absolute``: the grid is used as it is (the published setting).
+    random_state : int
+        Seed of the bootstrap over val images that measures the stability of the layer choice.
 
     Attributes
     ----------
     best_layer_ : str
         Layer with the best mean selection score (ties: the earlier in docs/method.md §3.1).
     alphas_ : numpy.ndarray of shape (n_voxels,)
-        Chosen α per voxel at the best layer.
+        Chosen α per voxel at the best layer, on the grid's scale (relative or absolute).
+    absolute_alphas_ : numpy.ndarray of shape (n_voxels,)
+        The α each voxel's final ridge fit used (relative α × the final fit's mean eigenvalue).
+    alpha_edges_ : dict
+        ``{"low": n, "high": n}``: voxels whose α is the smallest / largest of the grid (a
+        share near 1 means the grid should be wider).
+    layer_margin_ : float
+        Selection score of the best layer minus that of the second best (NaN for one layer).
+    layer_stability_ : float
+        Share of `LAYER_BOOTSTRAPS` resamples of the val images (with replacement) in which the
+        best layer still scores highest; NaN under the paper protocol.
     val_r_ : numpy.ndarray of shape (n_voxels,)
         Selection score of each voxel at (best layer, its α): validation r (clean) or the
         fold-averaged cross-validation r (paper, the published reported score).
@@ -444,7 +465,8 @@ class EncodingModel:
     predictions_ : numpy.ndarray of shape (n_test, n_voxels)
         Test predictions, rows in ``split.test`` order.
     layer_scores_ : pandas.DataFrame
-        ``layer, mean_val_r, median_val_r, n_components, selected`` per layer.
+        ``layer, mean_val_r, median_val_r, n_components, selected, stability`` per layer
+        (stability: share of val bootstraps the layer wins).
     n_components_ : int
         Components of the final fit.
     """
@@ -452,12 +474,14 @@ class EncodingModel:
     def __init__(
         self,
         n_components: int = 1000,
-        alphas: Sequence[float] | np.ndarray = ALPHAS,
+        alphas: Sequence[float] | np.ndarray | None = None,
         refit: str = "train+val",
         standardize: bool = False,
         progress: bool = True,
         device: str | None = None,
         cache: PCACache | None = None,
+        alpha_scale: str = "relative",
+        random_state: int = 0,
     ) -> None:
         self.n_components = n_components
         self.alphas = alphas
@@ -466,6 +490,8 @@ class EncodingModel:
         self.progress = progress
         self.device = device
         self.cache = cache
+        self.alpha_scale = alpha_scale
+        self.random_state = random_state
 
     # -- validation ---------------------------------------------------------------------
 
@@ -475,7 +501,13 @@ class EncodingModel:
             raise InputError(f"n_components must be a positive integer, got {self.n_components}")
         if self.refit not in REFITS:
             raise InputError(f"refit must be one of {', '.join(REFITS)}, got {self.refit!r}")
-        alphas = np.asarray(self.alphas, dtype=np.float64).reshape(-1)
+        if self.alpha_scale not in ALPHA_SCALES:
+            raise InputError(f"alpha_scale must be one of {', '.join(ALPHA_SCALES)}, got "
+                             f"{self.alpha_scale!r}")
+        grid = self.alphas
+        if grid is None:
+            grid = RELATIVE_ALPHAS if self.alpha_scale == "relative" else ALPHAS
+        alphas = np.asarray(grid, dtype=np.float64).reshape(-1)
         if alphas.size == 0 or not np.all(np.isfinite(alphas)) or np.any(alphas <= 0):
             raise InputError(f"alphas must be positive finite numbers, got {self.alphas}")
         if not features:
@@ -551,6 +583,13 @@ class EncodingModel:
 
         split_key = _split_key(split)
         rows, scores, kept = [], [], None
+        # Bootstrap resamples of the val images (clean protocol): counts per val image.
+        boot, boot_scores = None, []
+        if split.protocol == "clean":
+            rng = np.random.default_rng(self.random_state)
+            draws = rng.integers(0, split.val.size, size=(LAYER_BOOTSTRAPS, split.val.size))
+            boot = torch.from_numpy(np.stack([np.bincount(d, minlength=split.val.size)
+                                              for d in draws]).astype(np.float64))
         bar = tqdm(layers, desc="encoding layers", unit="layer", disable=not self.progress)
         for layer in bar:
             bar.set_postfix_str(layer)
@@ -575,6 +614,9 @@ class EncodingModel:
             rows.append({"layer": layer, "mean_val_r": score,
                          "median_val_r": float(np.median(r_star)),
                          "n_components": entry.selection[0].n_components})
+            if boot is not None:
+                boot_scores.append(self._bootstrap_scores(entry.selection[0], fits[0],
+                                                          y_loaded, alphas, best, boot))
             if not scores or score > max(scores):
                 kept = (layer, entry, matrix, best, r_star)
             scores.append(score)
@@ -584,9 +626,21 @@ class EncodingModel:
         layer, entry, gram_matrix, best, r_star = kept
         self.best_layer_ = layer
         self.alphas_ = alphas[best]
+        self.alpha_edges_ = {"low": int(np.sum(best == 0)),
+                             "high": int(np.sum(best == alphas.size - 1))}
         self.val_r_ = r_star
         self.layer_scores_ = pd.DataFrame(rows)
         self.layer_scores_["selected"] = self.layer_scores_["layer"] == layer
+        ranked = sorted(scores, reverse=True)
+        self.layer_margin_ = ranked[0] - ranked[1] if len(ranked) > 1 else float("nan")
+        if boot_scores:
+            winners = np.argmax(np.stack(boot_scores), axis=0)  # first layer wins a tie
+            shares = np.bincount(winners, minlength=len(layers)) / winners.size
+            self.layer_scores_["stability"] = shares
+            self.layer_stability_ = float(shares[layers.index(layer)])
+        else:
+            self.layer_scores_["stability"] = np.nan
+            self.layer_stability_ = float("nan")
         if self.refit not in entry.final:
             entry.final[self.refit] = self._final_basis(
                 features[layer], split, loaded, position, entry.centring, gram_matrix, device)
@@ -631,10 +685,39 @@ class EncodingModel:
         for basis, part in zip(bases, fits, strict=True):
             shared, _ = _ridge_coefficients(basis, _take_rows(y, part.fit))
             target = _standardized_columns(_take_rows(y, part.other))
+            scale = self._alpha_unit(basis)
             for i, alpha in enumerate(alphas):
-                total[i] += _correlations(target, _ridge_predict(basis, shared, float(alpha)))
+                total[i] += _correlations(target, _ridge_predict(basis, shared,
+                                                                 float(alpha) * scale))
             del shared, target
         return total / len(fits)
+
+    def _alpha_unit(self, basis: _Basis) -> float:
+        """What one unit of the α grid is for a fit: its mean eigenvalue, or 1 (absolute)."""
+        if self.alpha_scale == "absolute":
+            return 1.0
+        return float(basis.eigenvalues.mean()) if basis.n_components else 1.0
+
+    def _bootstrap_scores(self, basis: _Basis, part: _Fit, y: torch.Tensor,
+                          alphas: np.ndarray, best: np.ndarray,
+                          counts: torch.Tensor) -> np.ndarray:
+        """Mean over voxels of the val r (each voxel at its α) under every val resample.
+
+        ``counts`` (n_boot, n_val) says how often each val image is drawn; r is the weighted
+        Pearson correlation with those counts as weights. Returns (n_boot,) float64.
+        """
+        shared, mean = _ridge_coefficients(basis, _take_rows(y, part.fit))
+        scale = self._alpha_unit(basis)
+        alpha = torch.from_numpy(alphas[best] * scale).to(device=y.device, dtype=shared.dtype)
+        p = (_ridge_predict(basis, shared, alpha) + mean).double().cpu()
+        t = _take_rows(y, part.other).double().cpu()
+        w = counts / counts.sum(dim=1, keepdim=True)
+        mp, mt = w @ p, w @ t
+        cov = w @ (p * t) - mp * mt
+        var_p, var_t = (w @ (p * p) - mp**2).clamp_min(0), (w @ (t * t) - mt**2).clamp_min(0)
+        denominator = (var_p * var_t).sqrt()
+        r = torch.where(denominator > 0, cov / denominator, torch.zeros_like(cov))
+        return r.clamp(-1, 1).mean(dim=1).numpy()
 
     def _final_fit_rows(self, split: Split, loaded: np.ndarray) -> np.ndarray:
         return split.train if self.refit == "train" else loaded
@@ -674,7 +757,8 @@ class EncodingModel:
                     y_loaded: torch.Tensor, device: torch.device) -> None:
         """Ridge with each voxel's α on the final fit rows; predictions and r on test."""
         shared, mean = _ridge_coefficients(basis, _take_rows(y_loaded, fit))
-        alpha = torch.from_numpy(self.alphas_).to(device=device, dtype=shared.dtype)
+        self.absolute_alphas_ = self.alphas_ * self._alpha_unit(basis)
+        alpha = torch.from_numpy(self.absolute_alphas_).to(device=device, dtype=shared.dtype)
         centred = _ridge_predict(basis, shared, alpha)
         y_test = torch.from_numpy(np.asarray(responses[split.test], dtype=np.float32))
         target = _standardized_columns(y_test.to(device))
