@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cortexcl.config import parse_config
+from cortexcl.config import EncodingConfig, parse_config
 from cortexcl.data.algonauts import load_subject
 from cortexcl.encoding.pipeline import encode_subject
 from cortexcl.evaluation.transfer import train_image_ids
@@ -95,8 +95,9 @@ def main() -> None:
         for name, weights in backbones.items():
             encoded, _ = encode_subject(target, run, hemispheres=["lh"], rois=[roi],
                                         weights=weights, method=name, seed=args.seed,
-                                        n_components=args.n_components, progress=False,
-                                        exclude_test_ids=excluded)
+                                        settings=EncodingConfig(
+                                            n_components=args.n_components),
+                                        progress=False, exclude_test_ids=excluded)
             r[roi][name] = np.load(run.encoding_dir("subj02", "lh", roi, name) / "voxel_r.npy")
     result = {
         "setup": {**vars(args), "out": str(out), "n_test": int(encoded["n_test"].iloc[0]),

@@ -93,18 +93,27 @@ def encode(
     min_vertices: Annotated[int, typer.Option(help="Skip (and list) smaller ROIs.")] = 20,
     image_size: Annotated[int, typer.Option(help="Network input size.")] = 224,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+    standardize: Annotated[bool, typer.Option(
+        help="Scale features to unit variance on the train images before PCA.")] = False,
+    alpha_grid: Annotated[str, typer.Option(
+        help="relative (α × each fit's mean PCA eigenvalue) or absolute (published).")
+    ] = "relative",
     device: Device = None,
     cache_dir: Annotated[Path | None, typer.Option(help="Image cache folder.")] = None,
     fresh: Annotated[bool, typer.Option(
         help="Start over: remove what OUT holds when it belongs to another run.")] = False,
 ) -> None:
     """Fit voxel-wise encoding models (PCA + ridge) of one subject's ROIs."""
+    from cortexcl.config import parse_section
     from cortexcl.workflows import encode as run_encode
 
+    settings = parse_section("encoding", {
+        "protocol": protocol, "n_components": n_components, "refit": refit,
+        "batch_size": batch_size, "standardize": standardize, "alpha_grid": alpha_grid},
+        option=True)
     table = run_encode(data, out, subject=subject, hemispheres=hemisphere, rois=roi,
-                       weights=weights, method=method, seed=seed, protocol=protocol,
-                       n_components=n_components, refit=refit, min_vertices=min_vertices,
-                       image_size=image_size, batch_size=batch_size, device=device,
+                       weights=weights, method=method, seed=seed, settings=settings,
+                       min_vertices=min_vertices, image_size=image_size, device=device,
                        cache_dir=cache_dir, fresh=fresh, announce=_announce)
     print_summary(table, f"Encoding results, {out}/tables/encoding.csv")
     _warn_random_init(table)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -111,12 +112,16 @@ class TuningConfig(_Strict):
 
 
 class EncodingConfig(_Strict):
-    """PCA + ridge encoding, docs/method.md §3."""
+    """PCA + ridge encoding, docs/method.md §3: the settings `encode_subject` takes."""
 
     protocol: Literal["clean", "paper"] = "clean"
     n_components: int = Field(1000, ge=1)
     refit: Literal["train+val", "train"] = "train+val"
     batch_size: int = Field(64, ge=1)
+    standardize: bool = Field(False, description="unit-variance features (train) before PCA")
+    alpha_grid: Literal["relative", "absolute"] = Field(
+        "relative", description="α × each fit's mean PCA eigenvalue, or the published "
+                                "absolute 1e-1 … 1e7")
 
 
 class NODSimulationConfig(_Strict):
@@ -325,12 +330,39 @@ def parse_config(raw: Any, source: str = "config") -> StudyConfig:
     try:
         return StudyConfig.model_validate(raw)
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "(top level)"
-        message = first["msg"].removeprefix("Value error, ")
-        if first["type"] == "extra_forbidden":
-            message = "unknown key"
-        raise InputError(f"{source}: {where}: {message}") from None
+        raise _input_error(error, f"{source}: ", lambda loc: ".".join(loc)) from None
+
+
+def parse_section(name: str, raw: dict[str, Any], option: bool = False) -> Any:
+    """Validate one section of a study (``encoding``, …) given as a mapping.
+
+    With ``option``, an error names the command-line option (``--n-components``) instead of
+    the setting.
+
+    Raises
+    ------
+    InputError
+        On the first invalid value.
+    """
+    model = StudyConfig.model_fields[name].annotation
+    try:
+        return model.model_validate(raw)
+    except ValidationError as error:
+        name_of = ((lambda loc: "--" + loc[0].replace("_", "-")) if option
+                   else (lambda loc: ".".join((name, *loc))))
+        raise _input_error(error, "", name_of) from None
+
+
+def _input_error(error: ValidationError, prefix: str,
+                 name_of: Callable[[list[str]], str]) -> InputError:
+    first = error.errors()[0]
+    where = name_of([str(part) for part in first["loc"]]) or "(top level)"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif isinstance(first.get("input"), str | int | float | bool):
+        message += f" (got {first['input']!r})"
+    return InputError(f"{prefix}{where}: {message}")
 
 
 def _first_line(error: Exception) -> str:

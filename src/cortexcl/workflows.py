@@ -9,11 +9,10 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from cortexcl.config import load_config
+from cortexcl.config import EncodingConfig, load_config
 from cortexcl.data.algonauts import load_subject, subject_name
 from cortexcl.data.rois import HEMISPHERES, expand_rois
-from cortexcl.data.splits import PROTOCOLS, check_split, make_splits
-from cortexcl.encoding.model import REFITS
+from cortexcl.data.splits import check_split, make_splits
 from cortexcl.encoding.pipeline import TABLE_KEY, encode_subject, order_columns
 from cortexcl.errors import InputError
 from cortexcl.models.backbones import describe_weights, load_alexnet, resolve_device
@@ -34,12 +33,9 @@ def encode(
     weights: str | Path = "imagenet",
     method: str = "untuned",
     seed: int = 0,
-    protocol: str = "clean",
-    n_components: int = 1000,
-    refit: str = "train+val",
+    settings: EncodingConfig | None = None,
     min_vertices: int = 20,
     image_size: int = 224,
-    batch_size: int = 64,
     device: str | None = None,
     cache_dir: str | Path | None = None,
     progress: bool = True,
@@ -51,8 +47,8 @@ def encode(
     Writes ``config.yaml``, ``manifest.json``, the split, the per-ROI results and
     ``tables/encoding.csv`` under ``out`` while holding the run's lock. Several encodes with
     other backbones (``method``, ``weights``) may share a run directory; other data, encoding
-    settings or seed are refused unless ``fresh`` (start over) is set. See `encode_subject`
-    for the other parameters.
+    settings or seed are refused unless ``fresh`` (start over) is set. ``settings`` (one
+    validated `EncodingConfig`) and the other parameters are those of `encode_subject`.
 
     Returns
     -------
@@ -66,29 +62,29 @@ def encode(
         when no requested ROI has ``min_vertices`` vertices; all are checked, cheap ones first,
         before anything is created or written.
     """
+    settings = settings or EncodingConfig()
     roi_names = expand_rois(rois, option="--roi")  # bad options fail before any data is read
-    check_encode_options(hemispheres, protocol=protocol, refit=refit, n_components=n_components,
-                         min_vertices=min_vertices, image_size=image_size,
-                         batch_size=batch_size, device=device)
+    check_encode_options(hemispheres, min_vertices=min_vertices, image_size=image_size,
+                         device=device)
     run = RunDirectory(out)
     run.check_writable()
     run.check_free()
-    settings = {
+    recorded = {
         "data": {"root": str(data_root), "subject": subject_name(subject),
                  "image_size": image_size},
         "encoding": {"hemispheres": list(hemispheres), "rois": _as_list(rois),
-                     "protocol": protocol, "n_components": n_components, "refit": refit,
-                     "min_vertices": min_vertices},
+                     "min_vertices": min_vertices, **settings.model_dump(mode="json")},
         "seed": seed,
     }
-    identity = {"kind": "encode", "settings": settings}
+    identity = {"kind": "encode", "settings": recorded}
     run.check_identity(identity, fresh=fresh)
     load_alexnet(weights, seed=seed)  # a missing or damaged weights file fails at once
     data = load_subject(data_root, subject, image_size=image_size, cache_dir=cache_dir,
                         progress=progress)
     check_roi_sizes({f"{h} {roi}": data.roi_indices(h, roi).size
                      for h in hemispheres for roi in roi_names}, min_vertices, data.root)
-    check_split(make_splits(data.n_images, seed=seed, protocol=protocol), str(data.root))
+    check_split(make_splits(data.n_images, seed=seed, protocol=settings.protocol),
+                str(data.root))
     for hemisphere in hemispheres:
         data.noise_ceiling(hemisphere)  # damaged ceiling files fail before anything is written
     data.images.array()  # and so does a damaged image: all are decoded (and cached) now
@@ -98,14 +94,14 @@ def encode(
                      "for tests and offline demos; recorded in every output")
         backbones = _recorded_backbones(run)
         backbones[method] = str(weights)
-        run.write_config({**settings, "backbones": backbones})
+        run.write_config({**recorded, "backbones": backbones})
         run.write_manifest(seeds={"split": seed, "weights": seed},
                            datasets={data.name: data.data_hash()},
                            extra={"data_root": str(data_root)})
         encoded, excluded = encode_subject(
             data, run, hemispheres=hemispheres, rois=rois, weights=weights, method=method,
-            seed=seed, protocol=protocol, n_components=n_components, refit=refit,
-            min_vertices=min_vertices, batch_size=batch_size, device=device, progress=progress)
+            seed=seed, settings=settings, min_vertices=min_vertices, device=device,
+            progress=progress)
         if not excluded.empty:
             run.upsert_table("excluded", excluded, TABLE_KEY)
             announce(f"{len(excluded)} ROI(s) left out for size: see {run.path('tables')}/"
@@ -139,27 +135,23 @@ def run_demo(out: str | Path = "cortexcl-demo", progress: bool = True,
     return run_study(config, out, progress=progress, announce=announce)
 
 
-def check_encode_options(hemispheres: Sequence[str], *, protocol: str, refit: str,
-                         n_components: int, min_vertices: int, image_size: int,
-                         batch_size: int, device: str | None) -> None:
+def check_encode_options(hemispheres: Sequence[str], *, min_vertices: int, image_size: int,
+                         device: str | None) -> None:
     """Refuse bad options of `encode` (named as on the command line) before any work.
+
+    The encoding settings themselves are validated by `EncodingConfig`.
 
     Raises
     ------
     InputError
-        On an unknown hemisphere, protocol, refit or device, or a size below its minimum
-        (``image_size`` at least 64, the smallest input AlexNet's layers accept).
+        On an unknown hemisphere or device, or a size below its minimum (``image_size`` at
+        least 64, the smallest input AlexNet's layers accept).
     """
     for hemisphere in hemispheres:
         if hemisphere not in HEMISPHERES:
             raise InputError(f"--hemisphere: unknown hemisphere {hemisphere!r} (valid: lh, rh)")
-    for option, value, valid in (("--protocol", protocol, PROTOCOLS), ("--refit", refit, REFITS)):
-        if value not in valid:
-            raise InputError(f"{option}: unknown value {value!r} (valid: {', '.join(valid)})")
-    for option, value, least in (("--n-components", n_components, 1),
-                                 ("--min-vertices", min_vertices, 1),
-                                 ("--image-size", image_size, 64),
-                                 ("--batch-size", batch_size, 1)):
+    for option, value, least in (("--min-vertices", min_vertices, 1),
+                                 ("--image-size", image_size, 64)):
         if value < least:
             raise InputError(f"{option}: expected at least {least}, got {value}")
     resolve_device(device)

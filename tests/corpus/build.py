@@ -592,15 +592,18 @@ case("roi-too-small", _option("--min-vertices", "500"), f"{SUBJECT}: nothing to 
 case("hemisphere-unknown", _option("--hemisphere", "left"), "--hemisphere",
      "unknown hemisphere 'left'")(_valid)
 case("n-components-zero", _option("--n-components", "0"), "--n-components",
-     "at least 1", "got 0")(_valid)
+     "greater than or equal to 1", "got 0")(_valid)
 case("min-vertices-negative", _option("--min-vertices", "-3"), "--min-vertices",
      "at least 1", "got -3")(_valid)
-case("batch-size-zero", _option("--batch-size", "0"), "--batch-size", "at least 1",
-     "got 0")(_valid)
+case("batch-size-zero", _option("--batch-size", "0"), "--batch-size",
+     "greater than or equal to 1", "got 0")(_valid)
 case("image-size-too-small", _option("--image-size", "16"), "--image-size", "at least 64",
      "got 16")(_valid)
-case("protocol-unknown", _option("--protocol", "dirty"), "--protocol", "'dirty'")(_valid)
-case("refit-unknown", _option("--refit", "all"), "--refit", "'all'")(_valid)
+case("protocol-unknown", _option("--protocol", "dirty"), "--protocol",
+     "'clean' or 'paper'", "got 'dirty'")(_valid)
+case("refit-unknown", _option("--refit", "all"), "--refit", "got 'all'")(_valid)
+case("alpha-grid-unknown", _option("--alpha-grid", "log"), "--alpha-grid",
+     "'relative' or 'absolute'", "got 'log'")(_valid)
 case("device-unknown", _option("--device", "abacus"), "--device",
      "unknown device 'abacus'")(_valid)
 case("weights-missing", _option("--weights", "{case}/alexnet.pt"), "{case}/alexnet.pt",

@@ -12,11 +12,12 @@ import pandas as pd
 import torch
 
 from cortexcl.atomic import atomic_save_npy, atomic_write_json, atomic_write_text
+from cortexcl.config import EncodingConfig
 from cortexcl.data.algonauts import Subject
 from cortexcl.data.rois import HEMISPHERES, WHOLE_HEMISPHERE
 from cortexcl.data.splits import Split, make_splits
 from cortexcl.encoding.features import extract_features
-from cortexcl.encoding.model import ALPHAS, EncodingModel, PCACache
+from cortexcl.encoding.model import EncodingModel, PCACache
 from cortexcl.errors import InputError
 from cortexcl.metrics import nc_normalized_score, summarize_r
 from cortexcl.models.backbones import describe_weights, initial_weights, load_alexnet
@@ -84,12 +85,8 @@ def encode_subject(
     weights: str | Path = "imagenet",
     method: str = "untuned",
     seed: int = 0,
-    protocol: str = "clean",
-    n_components: int = 1000,
-    alphas: np.ndarray = ALPHAS,
-    refit: str = "train+val",
+    settings: EncodingConfig | None = None,
     min_vertices: int = 20,
-    batch_size: int = 64,
     device: str | torch.device | None = None,
     progress: bool = True,
     exclude_test_ids: np.ndarray | None = None,
@@ -120,14 +117,11 @@ def encode_subject(
         Name of the backbone in tables and paths.
     seed : int
         Seed of the split and of a random initialisation.
-    protocol : {"clean", "paper"}
-        Evaluation protocol (docs/method.md §3.3).
-    n_components, alphas, refit
-        Passed to `EncodingModel`.
+    settings : EncodingConfig, optional
+        Protocol (docs/method.md §3.3), PCA components, refit, α grid, standardisation and
+        images per forward pass; the defaults of `EncodingConfig` when omitted.
     min_vertices : int
         ROIs with fewer vertices are excluded and listed.
-    batch_size : int
-        Images per forward pass.
     device : str or torch.device, optional
         Where the backbone runs; the GPU when one is present.
     progress : bool
@@ -144,20 +138,22 @@ def encode_subject(
     for hemisphere in hemispheres:
         if hemisphere not in HEMISPHERES:
             raise InputError(f"--hemisphere: unknown hemisphere {hemisphere!r}; use lh or rh")
+    settings = settings or EncodingConfig()
     roi_names = subject.expand_rois(rois)
-    split = record_split(run, subject, seed, protocol)
+    split = record_split(run, subject, seed, settings.protocol)
     n_dropped = 0
     if exclude_test_ids is not None:
         split, n_dropped = without_test_images(split, subject.image_ids, exclude_test_ids)
     backbone = load_alexnet(weights, seed=seed)
     weights_label = describe_weights(weights, seed=seed)
     context = {"weights": weights_label, "initial_weights": initial_weights(weights, seed),
-               "protocol": protocol, "seed": seed, "refit": refit,
+               "protocol": settings.protocol, "seed": seed, "refit": settings.refit,
+               "alpha_grid": settings.alpha_grid, "standardize": settings.standardize,
                "n_train": len(split.train), "n_val": len(split.val), "n_test": len(split.test),
                "n_test_dropped": n_dropped, "data_hash": subject.data_hash()}
     rows, excluded = [], []
     with tempfile.TemporaryDirectory(dir=run.root, prefix=".features-") as feature_dir:
-        features = extract_features(backbone, subject.images, batch_size=batch_size,
+        features = extract_features(backbone, subject.images, batch_size=settings.batch_size,
                                     device=device, out_dir=feature_dir, progress=progress)
         pca_cache = PCACache()
         for hemisphere in hemispheres:
@@ -171,8 +167,10 @@ def encode_subject(
                                      "roi": roi, "method": method, "n_vertices": columns.size,
                                      "reason": f"fewer than {min_vertices} vertices"})
                     continue
-                model = EncodingModel(n_components=n_components, alphas=alphas, refit=refit,
-                                      progress=progress, cache=pca_cache)
+                model = EncodingModel(n_components=settings.n_components, refit=settings.refit,
+                                      standardize=settings.standardize,
+                                      alpha_scale=settings.alpha_grid, progress=progress,
+                                      cache=pca_cache)
                 model.fit(features, responses[:, columns], split)
                 nc = None if ceiling is None else ceiling[columns]
                 # r is 0 where the measured or predicted test responses are constant: count them.
@@ -192,6 +190,7 @@ def _write_result(run: RunDirectory, subject: Subject, hemisphere: str, roi: str
     atomic_save_npy(out / TEST_ROWS, np.asarray(test_rows, dtype=np.int64))
     atomic_save_npy(out / TEST_PREDICTION, model.predictions_.astype(np.float32))
     atomic_save_npy(out / "alphas.npy", model.alphas_.astype(np.float32))
+    atomic_save_npy(out / "absolute_alphas.npy", model.absolute_alphas_.astype(np.float32))
     buffer = io.StringIO()
     model.layer_scores_.to_csv(buffer, index=False)
     atomic_write_text(out / "layer_scores.csv", buffer.getvalue())
@@ -206,6 +205,10 @@ def _write_result(run: RunDirectory, subject: Subject, hemisphere: str, roi: str
         "mean_r": stats["mean"],
         "median_r": stats["median"],
         "mean_val_r": float(np.mean(model.val_r_)),
+        "layer_margin": model.layer_margin_,
+        "layer_stability": model.layer_stability_,
+        "pct_alpha_at_low_edge": 100.0 * model.alpha_edges_["low"] / model.test_r_.size,
+        "pct_alpha_at_high_edge": 100.0 * model.alpha_edges_["high"] / model.test_r_.size,
     }
     if noise_ceiling is not None:
         score = nc_normalized_score(model.test_r_, noise_ceiling)

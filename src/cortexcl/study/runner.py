@@ -451,10 +451,8 @@ def _encode_with(context: StudyContext, subject: Subject, run: RunDirectory, wei
                  exclude_test_ids: np.ndarray | None) -> tuple[Any, Any]:
     config = context.config
     return encode_subject(
-        subject, run, hemispheres=hemispheres, rois=rois, weights=weights,
-        method=method, seed=config.seed, protocol=config.encoding.protocol,
-        n_components=config.encoding.n_components, refit=config.encoding.refit,
-        min_vertices=config.selection.min_vertices, batch_size=config.encoding.batch_size,
+        subject, run, hemispheres=hemispheres, rois=rois, weights=weights, method=method,
+        seed=config.seed, settings=config.encoding, min_vertices=config.selection.min_vertices,
         device=context.device, progress=context.progress, exclude_test_ids=exclude_test_ids)
 
 
