@@ -116,7 +116,7 @@ def encode(
                        min_vertices=min_vertices, image_size=image_size, device=device,
                        cache_dir=cache_dir, fresh=fresh, announce=_announce)
     print_summary(table, f"Encoding results, {out}/tables/encoding.csv")
-    _warn_random_init(table)
+    _warn(table)
 
 
 @app.command()
@@ -208,7 +208,7 @@ def _finish_study(out: Path, report) -> None:
         table = read_table(tables)
         print_summary(comparison_table(table), f"Mean test r per ROI ({tables})",
                       every_column=True)
-        _warn_random_init(table)
+        _warn(table)
     stdout.print(f"jobs: {len(report.done)} done, {len(report.skipped)} already done, "
                  f"{len(report.failed)} failed, {len(report.blocked)} blocked")
     report_file = out / "report.html"
@@ -220,13 +220,25 @@ def _finish_study(out: Path, report) -> None:
         raise typer.Exit(1)
 
 
-def _warn_random_init(table: pd.DataFrame) -> None:
+ALPHA_EDGE_WARNING = 50.0  # % of an ROI's vertices on an edge of the α grid
+
+
+def _warn(table: pd.DataFrame) -> None:
+    """Notes under a summary: random initial weights, α grids that look too narrow."""
     from cortexcl.models.backbones import is_random_init
 
     labels = table.get("initial_weights", table.get("weights", pd.Series(dtype=str)))
     if any(is_random_init(label) for label in labels.dropna()):
         _announce("note: these backbones started from random weights (weights: none), not "
                   "ImageNet: the numbers show the pipeline, not the published science")
+    for edge in ("low", "high"):
+        column = f"pct_alpha_at_{edge}_edge"
+        if column in table and (table[column] > ALPHA_EDGE_WARNING).any():
+            worst = table.loc[table[column].idxmax()]
+            _announce(f"note: {int((table[column] > ALPHA_EDGE_WARNING).sum())} result(s) "
+                      f"have over {ALPHA_EDGE_WARNING:.0f} % of their vertices at the {edge} "
+                      f"edge of the α grid (worst: {worst['hemisphere']} {worst['roi']} "
+                      f"{worst['method']}, {worst[column]:.0f} %); see the {column} column")
 
 
 def _announce(message: str) -> None:
