@@ -374,3 +374,25 @@ def test_layer_choice_margin_and_stability(synthetic):
     again = EncodingModel(n_components=30, progress=False).fit(
         {"a": features["a"], "b": features["b"], "b-noisy": near}, responses, split)
     assert again.layer_stability_ == model.layer_stability_  # seeded
+
+
+def test_shared_selection_follows_the_published_rule(synthetic):
+    """P-A: per fold and layer the α of the best ROI-mean r; the layer with the best
+    fold-averaged ROI-mean r; the α chosen on most folds (scikit-learn as the reference)."""
+    features, responses, _, _ = synthetic
+    split = make_splits(N_IMAGES, seed=0, protocol="paper")
+    layers = {"a": features["a"], "b": features["b"], "c": features["c"]}
+    layer, alpha = Absolute(n_components=30, progress=False).select_shared(layers, responses,
+                                                                           split)
+    expected = {}
+    for name, x in layers.items():
+        roi_mean = np.stack([_sklearn_r(x, responses, tr, va, 30, ALPHAS).mean(axis=1)
+                             for tr, va in split.folds])  # (folds, alphas)
+        votes = np.bincount(roi_mean.argmax(axis=1), minlength=ALPHAS.size)
+        expected[name] = (roi_mean.max(axis=1).mean(), ALPHAS[np.argmax(votes)])
+    best = max(expected, key=lambda name: expected[name][0])
+    assert (layer, alpha) == (best, expected[best][1])
+    # Every backbone then uses that pair: one layer, one α for all vertices.
+    model = EncodingModel(n_components=30, progress=False, alpha_scale="absolute",
+                          alphas=[alpha]).fit({layer: layers[layer]}, responses, split)
+    assert model.best_layer_ == layer and np.all(model.alphas_ == alpha)

@@ -402,6 +402,22 @@ class PCACache:
         self._entries[key] = entry
 
 
+def _selection_rows(split: Split, n_images: int) -> tuple[np.ndarray, np.ndarray, list[_Fit]]:
+    """Rows read during selection and the fits on them, as positions in those rows.
+
+    The training part comes first (its statistics centre and scale the features), then the
+    validation rows; never the test rows.
+    """
+    loaded = np.concatenate([split.train, split.val])
+    position = np.full(n_images, -1, dtype=np.int64)
+    position[loaded] = np.arange(loaded.size)
+    if split.protocol == "clean":
+        fits = [_Fit(position[split.train], position[split.val])]
+    else:
+        fits = [_Fit(position[tr], position[va]) for tr, va in split.folds]
+    return loaded, position, fits
+
+
 def _split_key(split: Split) -> str:
     digest = hashlib.blake2b(digest_size=16)
     for part in (split.train, split.val, split.test, *(i for f in split.folds for i in f)):
@@ -570,18 +586,8 @@ class EncodingModel:
         device = resolve_device(self.device)
         layers = _ordered_layers(list(features))
 
-        # Rows read during selection: the training part first (its statistics centre and
-        # scale the features), then validation rows; never the test rows.
-        loaded = np.concatenate([split.train, split.val])
-        position = np.full(responses.shape[0], -1, dtype=np.int64)
-        position[loaded] = np.arange(loaded.size)
-        if split.protocol == "clean":
-            fits = [_Fit(position[split.train], position[split.val])]
-        else:
-            fits = [_Fit(position[tr], position[va]) for tr, va in split.folds]
+        loaded, position, fits = _selection_rows(split, responses.shape[0])
         y_loaded = self._responses(responses, loaded, device)
-
-        split_key = _split_key(split)
         rows, scores, kept = [], [], None
         # Bootstrap resamples of the val images (clean protocol): counts per val image.
         boot, boot_scores = None, []
@@ -593,19 +599,8 @@ class EncodingModel:
         bar = tqdm(layers, desc="encoding layers", unit="layer", disable=not self.progress)
         for layer in bar:
             bar.set_postfix_str(layer)
-            array = features[layer]
-            key = (layer, split_key, self.n_components, self.standardize, str(device))
-            entry = self.cache._get(key, array) if self.cache is not None else None
-            matrix = None
-            if entry is None:
-                matrix, gram, centring = self._layer_matrix(array, loaded, split.train.size,
-                                                            layer, device)
-                bases = [self._basis(matrix, gram, part.fit, part.other) for part in fits]
-                entry = _LayerEntry(weakref.ref(array), bases, centring)
-                if self.cache is not None:
-                    self.cache._put(key, entry)
-                if not gram:
-                    matrix = None  # only a Gram matrix helps the final fit
+            entry, matrix = self._layer_entry(features[layer], layer, split, loaded, fits,
+                                              device)
             r_alpha = self._selection_scores(entry.selection, fits, y_loaded, alphas)
             r_alpha = r_alpha.cpu().numpy()
             best = np.argmax(r_alpha, axis=0)  # first maximum: the smaller α on a tie
@@ -647,6 +642,59 @@ class EncodingModel:
         fit = position[self._final_fit_rows(split, loaded)]
         self._score_test(entry.final[self.refit], responses, split, fit, y_loaded, device)
         return self
+
+    def select_shared(self, features: Mapping[str, np.ndarray], responses: np.ndarray,
+                      split: Split) -> tuple[str, float]:
+        """The published shared selection P-A: one layer and one α for a whole ROI.
+
+        On each fit (the val part, or each cross-validation fold of the paper protocol) and
+        layer, the α with the best ROI-mean r; the layer whose best ROI-mean r, averaged over
+        the fits, is highest (a tie goes to the earlier layer); the α chosen on most fits at
+        that layer (a tie goes to the smaller α). docs/method.md §3.3. Computed on the
+        untuned backbone, the pair is then used by every backbone: fit with
+        ``{layer: features[layer]}`` and ``alphas=[alpha]``.
+
+        Returns
+        -------
+        layer, alpha
+            ``alpha`` is on the grid's scale (relative or absolute, see ``alpha_scale``).
+        """
+        responses = np.asarray(responses)
+        alphas = self._check(features, responses, split)
+        device = resolve_device(self.device)
+        loaded, _, fits = _selection_rows(split, responses.shape[0])
+        y_loaded = self._responses(responses, loaded, device)
+        best: tuple[float, str, float] | None = None
+        for layer in _ordered_layers(list(features)):
+            entry, _ = self._layer_entry(features[layer], layer, split, loaded, fits, device)
+            per_fit = np.stack([
+                self._selection_scores([basis], [part], y_loaded, alphas).mean(dim=1)
+                .cpu().numpy() for basis, part in zip(entry.selection, fits, strict=True)])
+            score = float(per_fit.max(axis=1).mean())
+            votes = np.bincount(per_fit.argmax(axis=1), minlength=alphas.size)
+            if best is None or score > best[0]:
+                best = (score, layer, float(alphas[int(np.argmax(votes))]))
+        return best[1], best[2]
+
+    def _layer_entry(self, array: np.ndarray, layer: str, split: Split, loaded: np.ndarray,
+                     fits: list[_Fit], device: torch.device
+                     ) -> tuple[_LayerEntry, torch.Tensor | None]:
+        """A layer's PCA of every selection fit (from the cache when it has it).
+
+        Also returns the layer's Gram matrix when it was computed here (the final fit reuses
+        it), else None.
+        """
+        key = (layer, _split_key(split), self.n_components, self.standardize, str(device))
+        entry = self.cache._get(key, array) if self.cache is not None else None
+        if entry is not None:
+            return entry, None
+        matrix, gram, centring = self._layer_matrix(array, loaded, split.train.size, layer,
+                                                    device)
+        bases = [self._basis(matrix, gram, part.fit, part.other) for part in fits]
+        entry = _LayerEntry(weakref.ref(array), bases, centring)
+        if self.cache is not None:
+            self.cache._put(key, entry)
+        return entry, matrix if gram else None  # only a Gram matrix helps the final fit
 
     def _responses(self, responses: np.ndarray, rows: np.ndarray,
                    device: torch.device) -> torch.Tensor:
