@@ -17,6 +17,7 @@ import yaml
 from safetensors.torch import load_file
 
 from cortexcl.config import StudyConfig
+from cortexcl.errors import InputError
 from cortexcl.models.backbones import load_alexnet
 from cortexcl.rundir import RunDirectory
 from cortexcl.study import runner
@@ -328,3 +329,27 @@ def test_runner_removes_feature_folders_of_killed_encodings(tmp_path):
     runner._remove_leftovers(RunDirectory(run))  # what run_study does under the lock
     assert not any(folder.exists() for folder in leftovers)
     assert kept.read_text() == "results"
+
+
+def test_published_protocol_with_shared_selection(tmp_path, cache, monkeypatch):
+    """P-A: the untuned backbone's (layer, α) per ROI serves every backbone; the MI scan runs
+    under the paper protocol, its β chosen on the reported pairs and labelled optimistic."""
+    monkeypatch.setenv("CORTEXCL_CACHE", str(cache))
+    monkeypatch.setattr(runner, "build_report", lambda *args, **kwargs: None)
+    config = study(encoding__protocol="paper", encoding__selection="shared-untuned",
+                   evaluation__temperature_scan=True)
+    jobs, report = run_study(config, tmp_path / "run", progress=False, announce=lambda _: None)
+    assert report.ok
+    encode_cl = next(job for job in jobs if job.key == "encode/cl/subj01/lh/V1v")
+    assert "encode/untuned/subj01/all/all" in encode_cl.depends_on
+    folder = tmp_path / "run" / "encoding" / "subj01" / "lh" / "V1v"
+    choice = json.loads((folder / "untuned" / "shared_selection.json").read_text())
+    for method in ("untuned", "cl", "rt"):
+        summary = json.loads((folder / method / "summary.json").read_text())
+        assert summary["best_layer"] == choice["layer"], method
+        assert np.all(np.load(folder / method / "alphas.npy") == np.float32(choice["alpha"]))
+    mutual_info = json.loads((folder / "cl" / "mutual_info.json").read_text())
+    assert mutual_info["mi_scan_chosen_on"] == "test (optimistic, as published)"
+    assert np.isfinite(mutual_info["mi_scan_bits"])
+    with pytest.raises(InputError, match="shared-untuned needs the untuned method"):
+        study(methods=["cl"], encoding__selection="shared-untuned")

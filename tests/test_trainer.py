@@ -272,3 +272,11 @@ def test_only_train_and_val_images_are_read(store, tmp_path):
     # Each epoch's steps read every train image exactly once; the val loss reads val only.
     np.testing.assert_array_equal(np.sort(seen_training), np.sort(np.tile(train_idx, 2)))
     np.testing.assert_array_equal(np.sort(seen_validation), np.sort(np.tile(val_idx, 2)))
+
+
+def test_training_without_a_val_part(store, tmp_path):
+    """The paper protocol has no val part: training runs and logs a NaN val loss."""
+    data = TrainingSet("subj01", store, channel_responses(store, 12), split()[0],
+                       np.zeros(0, dtype=np.int64))
+    log = fit(cl_model(), [data], tmp_path, epochs=1)
+    assert np.isfinite(log.loc[0, "train_loss"]) and np.isnan(log.loc[0, "val_loss"])

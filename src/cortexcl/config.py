@@ -122,6 +122,10 @@ class EncodingConfig(_Strict):
     alpha_grid: Literal["relative", "absolute"] = Field(
         "relative", description="α × each fit's mean PCA eigenvalue, or the published "
                                 "absolute 1e-1 … 1e7")
+    selection: Literal["per-method", "shared-untuned"] = Field(
+        "per-method", description="α per vertex and layer per ROI for each backbone, or the "
+                                  "published P-A: one layer and α per ROI chosen on the "
+                                  "untuned backbone and shared by all")
 
 
 class NODSimulationConfig(_Strict):
@@ -279,6 +283,11 @@ class StudyConfig(_Strict):
     @model_validator(mode="after")
     def _evaluations_have_their_methods(self) -> StudyConfig:
         evaluation, methods = self.evaluation, set(self.methods)
+        if self.encoding.selection == "shared-untuned" and (
+                "untuned" not in methods or (evaluation.nod_transfer is not None and "untuned"
+                                             not in evaluation.nod_transfer.methods)):
+            raise ValueError("encoding.selection: shared-untuned needs the untuned method "
+                             "(in methods, and in nod_transfer.methods when NOD is used)")
         if evaluation.cross_subject and not {"untuned", "cl"} <= methods:
             raise ValueError("evaluation.cross_subject needs the methods untuned and cl")
         if evaluation.pooled_vs_cross and not (

@@ -472,7 +472,7 @@ class EncodingModel:
         Selection score of the best layer minus that of the second best (NaN for one layer).
     layer_stability_ : float
         Share of `LAYER_BOOTSTRAPS` resamples of the val images (with replacement) in which the
-        best layer still scores highest; NaN under the paper protocol.
+        best layer still scores highest; NaN under the paper protocol and for a single layer.
     val_r_ : numpy.ndarray of shape (n_voxels,)
         Selection score of each voxel at (best layer, its α): validation r (clean) or the
         fold-averaged cross-validation r (paper, the published reported score).
@@ -591,7 +591,7 @@ class EncodingModel:
         rows, scores, kept = [], [], None
         # Bootstrap resamples of the val images (clean protocol): counts per val image.
         boot, boot_scores = None, []
-        if split.protocol == "clean":
+        if split.protocol == "clean" and len(layers) > 1:  # a single layer is no choice
             rng = np.random.default_rng(self.random_state)
             draws = rng.integers(0, split.val.size, size=(LAYER_BOOTSTRAPS, split.val.size))
             boot = torch.from_numpy(np.stack([np.bincount(d, minlength=split.val.size)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,29 @@ TABLE_KEY = ("subject", "hemisphere", "roi", "method")
 
 TEST_ROWS = "test_rows.npy"
 TEST_PREDICTION = "test_prediction.npy"
+SHARED_SELECTION = "shared_selection.json"
+
+
+def read_shared_selection(run: RunDirectory, subject: str, hemispheres: Sequence[str],
+                          rois: Sequence[str]) -> dict[tuple[str, str], tuple[str, float]]:
+    """The (layer, α) the untuned backbone chose for each ROI (selection P-A).
+
+    Raises
+    ------
+    InputError
+        If the untuned encoding of an ROI has not recorded its choice.
+    """
+    pairs = {}
+    for hemisphere in hemispheres:
+        for roi in rois:
+            path = run.encoding_dir(subject, hemisphere, roi, "untuned") / SHARED_SELECTION
+            try:
+                record = json.loads(path.read_text())
+                pairs[hemisphere, roi] = (str(record["layer"]), float(record["alpha"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                raise InputError(f"{path}: no shared selection of the untuned backbone; "
+                                 "encode the untuned backbone first") from None
+    return pairs
 
 
 def order_columns(table: pd.DataFrame) -> pd.DataFrame:
@@ -90,6 +114,7 @@ def encode_subject(
     device: str | torch.device | None = None,
     progress: bool = True,
     exclude_test_ids: np.ndarray | None = None,
+    shared: Mapping[tuple[str, str], tuple[str, float]] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Fit encoding models for every requested ROI of one subject with one backbone.
 
@@ -129,6 +154,11 @@ def encode_subject(
     exclude_test_ids : array of int, optional
         Image ids (NSD ids) to drop from the test part: the images another subject's data
         tuned the backbone with (docs/method.md §1.3, shared NSD images). The count is recorded.
+    shared : mapping, optional
+        With ``settings.selection == "shared-untuned"``: ``{(hemisphere, roi): (layer, α)}``
+        chosen on the untuned backbone (see `read_shared_selection`). Without it, this is the
+        untuned backbone: the pair is chosen here (`EncodingModel.select_shared`) and saved as
+        ``shared_selection.json`` in each result folder.
 
     Returns
     -------
@@ -167,11 +197,20 @@ def encode_subject(
                                      "roi": roi, "method": method, "n_vertices": columns.size,
                                      "reason": f"fewer than {min_vertices} vertices"})
                     continue
-                model = EncodingModel(n_components=settings.n_components, refit=settings.refit,
-                                      standardize=settings.standardize,
-                                      alpha_scale=settings.alpha_grid, progress=progress,
-                                      cache=pca_cache)
-                model.fit(features, responses[:, columns], split)
+                options = {"n_components": settings.n_components, "refit": settings.refit,
+                           "standardize": settings.standardize,
+                           "alpha_scale": settings.alpha_grid, "progress": progress,
+                           "cache": pca_cache}
+                used, pair = features, None
+                if settings.selection == "shared-untuned":
+                    pair = (shared[hemisphere, roi] if shared is not None else EncodingModel(
+                        **options).select_shared(features, responses[:, columns], split))
+                    used, options["alphas"] = {pair[0]: features[pair[0]]}, [pair[1]]
+                model = EncodingModel(**options).fit(used, responses[:, columns], split)
+                if pair is not None:
+                    atomic_write_json(run.encoding_dir(subject.name, hemisphere, roi, method)
+                                      / SHARED_SELECTION, {"layer": pair[0], "alpha": pair[1],
+                                                           "alpha_grid": settings.alpha_grid})
                 nc = None if ceiling is None else ceiling[columns]
                 # r is 0 where the measured or predicted test responses are constant: count them.
                 constant = (np.ptp(responses[np.asarray(split.test)][:, columns], axis=0) == 0) \

@@ -148,6 +148,9 @@ def plan_jobs(config: StudyConfig, roi_sizes: Callable[[str, str, str], int]) ->
         for subject in subjects:
             encodes.append(Job("encode", "untuned", subject, settings=encoding))
             untuned[subject] = encodes[-1].key
+    # Selection P-A: every backbone uses the layer and α the untuned one chose.
+    shared = ({subject: (key,) for subject, key in untuned.items()}
+              if config.encoding.selection == "shared-untuned" else {})
     tunes: dict[tuple[str, str, str, str], Job] = {}
     for method in (m for m in config.methods if m in TUNED_METHODS):
         tuning = settings_digest(getattr(config.tuning, method))
@@ -162,7 +165,8 @@ def plan_jobs(config: StudyConfig, roi_sizes: Callable[[str, str, str], int]) ->
                     jobs.append(tune)
                     tunes[method, subject, hemisphere, roi] = tune
                     encodes.append(Job("encode", method, subject, hemisphere, roi,
-                                       depends_on=(tune.key,), settings=scored))
+                                       depends_on=(tune.key, *shared.get(subject, ())),
+                                       settings=scored))
 
     def _baselines(subject: str, hemisphere: str, roi: str) -> list[str]:
         keys = [untuned[subject]] if subject in untuned else []
@@ -200,7 +204,8 @@ def plan_jobs(config: StudyConfig, roi_sizes: Callable[[str, str, str], int]) ->
     if config.evaluation.classification is not None:
         encodes.extend(_probe_jobs(config, tunes, common))
     if config.evaluation.nod_transfer is not None:
-        encodes.extend(_nod_jobs(config.evaluation.nod_transfer, tunes, encoding))
+        encodes.extend(_nod_jobs(config.evaluation.nod_transfer, tunes, encoding,
+                                 config.encoding.selection == "shared-untuned"))
     jobs.extend(encodes)
     # Every section but how the jobs run (executor, device), which changes no result.
     results = [name for name in StudyConfig.model_fields if name != "execution"]
@@ -210,18 +215,24 @@ def plan_jobs(config: StudyConfig, roi_sizes: Callable[[str, str, str], int]) ->
 
 
 def _nod_jobs(nod: NODTransferConfig, tunes: dict[tuple[str, str, str, str], Job],
-              encoding: str) -> list[Job]:
-    """NOD encodes: the untuned backbone, and every tuned NSD backbone of a counterpart ROI."""
+              encoding: str, shared: bool = False) -> list[Job]:
+    """NOD encodes: the untuned backbone, and every tuned NSD backbone of a counterpart ROI.
+
+    With ``shared`` (selection P-A) the tuned encodes wait for the untuned one's choice.
+    """
     settings = f"{encoding}-{settings_digest(nod)}"
     jobs = []
     for subject in map(nod_subject_name, nod.subjects):
+        untuned: tuple[str, ...] = ()
         if "untuned" in nod.methods:
             jobs.append(Job("nod", "untuned", subject, settings=settings))
+            untuned = (jobs[-1].key,) if shared else ()
         for (method, source, hemisphere, roi), tune in tunes.items():
             if method not in nod.methods:
                 continue
             jobs.extend(Job("nod", transfer_method(method, source), subject, hemisphere, area,
-                            depends_on=(tune.key,), settings=f"{settings}-{tune.settings}")
+                            depends_on=(tune.key, *untuned),
+                            settings=f"{settings}-{tune.settings}")
                         for area in NOD_ROIS if nsd_counterpart(area, nod.stream) == roi)
     return jobs
 

@@ -19,7 +19,12 @@ from cortexcl.data.images import default_cache_dir
 from cortexcl.data.nod import NODSubject, load_nod_subject, nod_subject_name
 from cortexcl.data.rois import WHOLE_HEMISPHERE, roi_class
 from cortexcl.data.splits import Split, check_split, make_splits
-from cortexcl.encoding.pipeline import encode_subject, record_split, without_test_images
+from cortexcl.encoding.pipeline import (
+    encode_subject,
+    read_shared_selection,
+    record_split,
+    without_test_images,
+)
 from cortexcl.evaluation.cross_subject import CROSS_SUBJECT, write_cross_subject_tables
 from cortexcl.evaluation.mutual_info import (
     common_k_bound,
@@ -422,8 +427,9 @@ def _nod(job: Job, context: StudyContext) -> None:
         weights = _tuned_backbone(context, method, source, job.hemisphere,
                                   nsd_counterpart(job.roi, nod.stream))
         hemispheres, rois = [job.hemisphere], [job.roi]
-    _encode_with(context, subject, RunDirectory(context.run.root / NOD), weights, job.method,
-                 hemispheres, rois, None)
+    nod_run = RunDirectory(context.run.root / NOD)
+    _encode_with(context, subject, nod_run, weights, job.method, hemispheres, rois, None,
+                 untuned=nod_run)
 
 
 def _tuned_backbone(context: StudyContext, method: str, subject: str, hemisphere: str,
@@ -448,12 +454,20 @@ def _tuning_image_ids(context: StudyContext, job: Job) -> np.ndarray:
 
 def _encode_with(context: StudyContext, subject: Subject, run: RunDirectory, weights: Any,
                  method: str, hemispheres: list[str], rois: list[str],
-                 exclude_test_ids: np.ndarray | None) -> tuple[Any, Any]:
+                 exclude_test_ids: np.ndarray | None,
+                 untuned: RunDirectory | None = None) -> tuple[Any, Any]:
+    """Encode with the study's settings; under selection P-A a tuned backbone uses the layer
+    and α the untuned backbone chose (its results in ``untuned``, default the run)."""
     config = context.config
+    shared = None
+    if config.encoding.selection == "shared-untuned" and method != "untuned":
+        shared = read_shared_selection(untuned or context.run, subject.name, hemispheres,
+                                       subject.expand_rois(rois))
     return encode_subject(
         subject, run, hemispheres=hemispheres, rois=rois, weights=weights, method=method,
         seed=config.seed, settings=config.encoding, min_vertices=config.selection.min_vertices,
-        device=context.device, progress=context.progress, exclude_test_ids=exclude_test_ids)
+        device=context.device, progress=context.progress, exclude_test_ids=exclude_test_ids,
+        shared=shared)
 
 
 def _write_matched(context: StudyContext, run: RunDirectory, subject: Subject, job: Job,

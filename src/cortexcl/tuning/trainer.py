@@ -197,6 +197,8 @@ def _train_batches(datasets: Sequence[TrainingSet], sources: Sequence[_DeviceIma
 
 def _chunks(indices: torch.Tensor, size: int) -> list[torch.Tensor]:
     """Consecutive batches; a last batch of one image joins the previous one (BatchNorm needs 2)."""
+    if indices.numel() == 0:  # e.g. no val part (the paper protocol)
+        return []
     batches = list(torch.split(indices, size))
     if len(batches) > 1 and len(batches[-1]) == 1:
         batches[-2:] = [torch.cat(batches[-2:])]
