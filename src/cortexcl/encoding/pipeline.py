@@ -25,6 +25,10 @@ from cortexcl.study.store import RunDirectory
 TABLE_KEY = ("subject", "hemisphere", "roi", "method")
 TEST_ROWS = "test_rows.npy"
 TEST_PREDICTION = "test_prediction.npy"
+TEST_RESPONSES = "test_responses.npy"
+# Version of the files in an encoding result folder: the study runner re-encodes results
+# written with another version (2: the measured test responses were added).
+RESULT_FORMAT = 2
 
 
 def without_test_images(split: Split, image_ids: np.ndarray,
@@ -160,21 +164,25 @@ def encode_subject(
                                      "roi": roi, "method": method, "n_vertices": columns.size,
                                      "reason": f"fewer than {min_vertices} vertices"})
                     continue
+                roi_responses = responses[:, columns]
                 model = EncodingModel(n_components=n_components, alphas=alphas, refit=refit,
                                       progress=progress, cache=pca_cache)
-                model.fit(features, responses[:, columns], split)
+                model.fit(features, roi_responses, split)
                 nc = None if ceiling is None else ceiling[columns]
                 rows.append(_write_result(run, subject, hemisphere, roi, method, model, nc,
-                                          split.test, context))
+                                          split.test, roi_responses[split.test], context))
     return pd.DataFrame(rows), pd.DataFrame(excluded)
 
 
 def _write_result(run: RunDirectory, subject: Subject, hemisphere: str, roi: str, method: str,
                   model: EncodingModel, noise_ceiling: np.ndarray | None,
-                  test_rows: np.ndarray, context: dict) -> dict:
+                  test_rows: np.ndarray, test_responses: np.ndarray, context: dict) -> dict:
     out = run.encoding_dir(subject.name, hemisphere, roi, method)
     atomic_save_npy(out / "voxel_r.npy", model.test_r_.astype(np.float32))
+    # The test rows, with the measured responses and predictions of those rows in the same
+    # order: the paired tests of the tables need nothing else (cortexcl.statistics).
     atomic_save_npy(out / TEST_ROWS, np.asarray(test_rows, dtype=np.int64))
+    atomic_save_npy(out / TEST_RESPONSES, np.asarray(test_responses, dtype=np.float32))
     atomic_save_npy(out / TEST_PREDICTION, model.predictions_.astype(np.float32))
     atomic_save_npy(out / "alphas.npy", model.alphas_.astype(np.float32))
     buffer = io.StringIO()
