@@ -11,6 +11,7 @@ import pytest
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
+from cortexcl import statistics
 from cortexcl.errors import InputError
 from cortexcl.metrics import paired_wilcoxon, pearson_r
 from cortexcl.statistics import (
@@ -83,7 +84,7 @@ def test_exact_permutation_p_equals_scipy():
 def test_random_permutation_p_equals_a_loop_over_the_same_swaps():
     y, a, b = data(24, 7, seed=3, gain=0.2)
     result = image_permutation_test(y, a, b, n_permutations=300, seed=11)
-    masks = np.random.default_rng(11).integers(0, 2, size=(300, 24))
+    masks = np.random.default_rng(11).integers(0, 2, size=(300, 24), dtype=np.int8)
     null = swapped_deltas(y, a, b, masks)
     assert not result.exact
     np.testing.assert_allclose(result.null_distribution, null, atol=1e-12)
@@ -103,6 +104,19 @@ def test_bootstrap_equals_a_loop_over_the_same_resamples():
     np.testing.assert_allclose(result.distribution, expected, atol=1e-10)
     low, high = np.quantile(expected, [0.05, 0.95])
     assert (result.low, result.high) == pytest.approx((low, high), abs=1e-10)
+
+
+def test_blocks_of_vertices_and_resamples_change_nothing(monkeypatch):
+    y, a, b = data(20, 9, seed=12, gain=0.3)
+    whole = (image_permutation_test(y, a, b, n_permutations=70, seed=2),
+             image_bootstrap(y, a, b, n_bootstrap=70, seed=2))
+    monkeypatch.setattr(statistics, "_BLOCK_ENTRIES", 200)  # 1-3 vertices, few resamples
+    blocked = (image_permutation_test(y, a, b, n_permutations=70, seed=2),
+               image_bootstrap(y, a, b, n_bootstrap=70, seed=2))
+    np.testing.assert_allclose(blocked[0].null_distribution, whole[0].null_distribution,
+                               atol=1e-12)
+    assert blocked[0].pvalue == whole[0].pvalue
+    np.testing.assert_allclose(blocked[1].distribution, whole[1].distribution, atol=1e-12)
 
 
 def test_constant_columns_score_zero_as_pearson_r_does():

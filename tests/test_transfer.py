@@ -338,4 +338,5 @@ def test_backbone_tuned_on_the_same_ground_truth_transfers_best(tmp_path):
     v1v = json.loads(done.stdout)["targets"]["V1v"]
     assert v1v["fraction_improved_vs_untuned"]["V1v"] > 0.5
     control = v1v["matching_vs_control"]["FFA-1"]
-    assert control["fraction_matching_better"] > 0.5 and control["p_wilcoxon"] < 0.05
+    # The matching backbone beats the control on the test images (unit: the image).
+    assert control["delta_r"] > 0 and control["p"] < 0.05

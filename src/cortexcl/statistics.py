@@ -23,7 +23,7 @@ Hochberg (1995), *J. R. Statist. Soc. B* 57:289-300.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,8 +43,9 @@ CONFIDENCE = 0.95
 MAX_EXACT_UNITS = 16
 # Resampled statistics closer than this to the observed one count as ties (rounding).
 _TIE = 1e-12
-# Rows of resamples per matrix product; bounds the float64 temporaries to about 64 MiB.
-_BLOCK_ENTRIES = 1 << 23
+# Vertices and resamples are processed in blocks whose float64 arrays hold this many entries
+# (32 MiB), so that memory stays bounded for whole-hemisphere ROIs.
+_BLOCK_ENTRIES = 1 << 22
 # A resampled column with a variance below this (data are standardised) is constant: r = 0.
 _CONSTANT = 1e-12
 
@@ -126,20 +127,17 @@ def derive_seed(seed: int, key: str) -> int:
     return int(np.random.SeedSequence([seed, *key.encode()]).generate_state(1)[0])
 
 
-def _standardized(column_sets: list[np.ndarray]) -> list[np.ndarray]:
-    """Each array centred and scaled to unit variance per column; constant columns → 0."""
-    out = []
-    for values in column_sets:
-        values = np.asarray(values, dtype=np.float64)
-        centred = values - values.mean(axis=0)
-        scale = np.sqrt(np.mean(centred**2, axis=0))
-        varies = np.ptp(values, axis=0) > 0
-        out.append(np.where(varies, centred / np.where(varies, scale, 1.0), 0.0))
-    return out
+def _standardized(values: np.ndarray) -> np.ndarray:
+    """float64 copy centred and scaled to unit variance per column; constant columns → 0."""
+    values = np.asarray(values, dtype=np.float64)
+    centred = values - values.mean(axis=0)
+    varies = np.ptp(values, axis=0) > 0
+    scale = np.sqrt(np.mean(centred**2, axis=0))
+    return np.where(varies, centred / np.where(varies, scale, 1.0), 0.0)
 
 
 def _check_triplet(responses: ArrayLike, prediction_a: ArrayLike,
-                   prediction_b: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   prediction_b: ArrayLike) -> list[np.ndarray]:
     arrays = [np.asarray(x) for x in (responses, prediction_a, prediction_b)]
     shapes = {x.shape for x in arrays}
     if len(shapes) != 1:
@@ -151,12 +149,27 @@ def _check_triplet(responses: ArrayLike, prediction_a: ArrayLike,
                          f"got {shape}")
     if not all(np.isfinite(x).all() for x in arrays):
         raise InputError("paired comparison: responses or predictions hold NaN or infinity")
-    y, a, b = _standardized(arrays)
-    return y, a, b
+    return arrays
 
 
-def _block_rows(n_columns: int) -> int:
-    return max(1, _BLOCK_ENTRIES // max(1, n_columns))
+def _blocks(arrays: list[np.ndarray],
+            n_products: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Standardised (responses, A, B) for consecutive blocks of vertices.
+
+    A block is narrow enough that the ``n_products`` columns per vertex that the resamples
+    multiply stay within `_BLOCK_ENTRIES`.
+    """
+    n_images, n_vertices = arrays[0].shape
+    width = max(1, _BLOCK_ENTRIES // (n_products * n_images))
+    for start in range(0, n_vertices, width):
+        yield tuple(_standardized(x[:, start:start + width]) for x in arrays)
+
+
+def _row_blocks(n_rows: int, n_columns: int) -> Iterator[slice]:
+    """Blocks of resamples whose products with ``n_columns`` columns stay within bounds."""
+    step = max(1, _BLOCK_ENTRIES // max(1, n_columns))
+    for start in range(0, n_rows, step):
+        yield slice(start, min(start + step, n_rows))
 
 
 def _r_from_sums(s_yp: np.ndarray, s_p: np.ndarray, s_pp: np.ndarray, s_yy: np.ndarray,
@@ -197,7 +210,8 @@ def image_permutation_test(responses: ArrayLike, prediction_a: ArrayLike,
     prediction_a, prediction_b : array_like of shape (n_images, n_vertices)
         The two models' predictions of the same images, rows in the same order.
     n_permutations : int
-        Random swap patterns (each image swapped with probability 1/2). When
+        Random swap patterns, ``rng.integers(0, 2, (n_permutations, n_images), dtype=int8)``
+        (each image swapped with probability 1/2). When
         ``2 ** n_images <= n_permutations``, every pattern is enumerated instead and the
         test is exact.
     seed : int
@@ -215,32 +229,35 @@ def image_permutation_test(responses: ArrayLike, prediction_a: ArrayLike,
         If the arrays differ in shape, have fewer than 3 images, or hold non-finite values, or
         ``n_permutations < 1``.
     """
-    y, a, b = _check_triplet(responses, prediction_a, prediction_b)
+    arrays = _check_triplet(responses, prediction_a, prediction_b)
     if n_permutations < 1:
         raise InputError(f"n_permutations must be at least 1, got {n_permutations}")
-    n, n_vertices = y.shape
+    n, n_vertices = arrays[0].shape
     exact = n <= MAX_EXACT_UNITS and 2**n <= n_permutations
     if exact:
-        masks = ((np.arange(2**n)[:, None] >> np.arange(n)) & 1).astype(np.float64)
+        masks = ((np.arange(2**n)[:, None] >> np.arange(n)) & 1).astype(np.int8)
     else:
-        rng = np.random.default_rng(seed)
-        masks = rng.integers(0, 2, size=(n_permutations, n)).astype(np.float64)
-    d = b - a
-    s_yy = np.sum(y * y, axis=0)
-    base_ya, base_yb = np.sum(y * a, axis=0), np.sum(y * b, axis=0)
-    base_aa, base_bb = np.sum(a * a, axis=0), np.sum(b * b, axis=0)
-    columns = np.hstack([y * d, d, b * b - a * a])
-    zero = np.zeros(n_vertices)
-    statistic = float(np.mean(_r_from_sums(base_ya, zero, base_aa, s_yy, n)
-                              - _r_from_sums(base_yb, zero, base_bb, s_yy, n)))
-    null = np.empty(len(masks))
-    step = _block_rows(columns.shape[1])
-    for start in range(0, len(masks), step):
-        sums = masks[start:start + step] @ columns
-        s_yd, s_d, s_dd = np.split(sums, 3, axis=1)
-        r_a = _r_from_sums(base_ya + s_yd, s_d, base_aa + s_dd, s_yy, n)
-        r_b = _r_from_sums(base_yb - s_yd, -s_d, base_bb - s_dd, s_yy, n)
-        null[start:start + step] = np.mean(r_a - r_b, axis=1)
+        masks = np.random.default_rng(seed).integers(0, 2, size=(n_permutations, n),
+                                                     dtype=np.int8)
+    total = 0.0
+    null = np.zeros(len(masks))
+    for y, a, b in _blocks(arrays, 3):
+        d = b - a
+        s_yy = np.sum(y * y, axis=0)
+        base_ya, base_yb = np.sum(y * a, axis=0), np.sum(y * b, axis=0)
+        base_aa, base_bb = np.sum(a * a, axis=0), np.sum(b * b, axis=0)
+        zero = np.zeros(y.shape[1])
+        total += np.sum(_r_from_sums(base_ya, zero, base_aa, s_yy, n)
+                        - _r_from_sums(base_yb, zero, base_bb, s_yy, n))
+        columns = np.hstack([y * d, d, b * b - a * a])
+        for rows in _row_blocks(len(masks), columns.shape[1]):
+            sums = masks[rows].astype(np.float64) @ columns
+            s_yd, s_d, s_dd = np.split(sums, 3, axis=1)
+            r_a = _r_from_sums(base_ya + s_yd, s_d, base_aa + s_dd, s_yy, n)
+            r_b = _r_from_sums(base_yb - s_yd, -s_d, base_bb - s_dd, s_yy, n)
+            null[rows] += np.sum(r_a - r_b, axis=1)
+    statistic = total / n_vertices
+    null /= n_vertices
     extreme = int(np.sum(np.abs(null) >= abs(statistic) - _TIE))
     pvalue = extreme / len(null) if exact else (1 + extreme) / (1 + len(null))
     return PermutationResult(statistic, min(1.0, pvalue), null, exact)
@@ -279,27 +296,28 @@ def image_bootstrap(responses: ArrayLike, prediction_a: ArrayLike, prediction_b:
         On arrays as in `image_permutation_test`, ``n_bootstrap < 1`` or a confidence
         outside (0, 1).
     """
-    y, a, b = _check_triplet(responses, prediction_a, prediction_b)
+    arrays = _check_triplet(responses, prediction_a, prediction_b)
     if n_bootstrap < 1:
         raise InputError(f"n_bootstrap must be at least 1, got {n_bootstrap}")
     if not 0 < confidence < 1:
         raise InputError(f"confidence must be in (0, 1), got {confidence}")
-    n = y.shape[0]
+    n, n_vertices = arrays[0].shape
     indices = np.random.default_rng(seed).integers(0, n, size=(n_bootstrap, n))
-    columns = np.hstack([y, a, b, y * y, a * a, b * b, y * a, y * b])
-    distribution = np.empty(n_bootstrap)
-    step = _block_rows(columns.shape[1])
-    for start in range(0, n_bootstrap, step):
-        block = indices[start:start + step]
-        rows = len(block)
-        counts = np.bincount((block + n * np.arange(rows)[:, None]).ravel(),
-                             minlength=rows * n).reshape(rows, n).astype(np.float64)
-        s_y, s_a, s_b, s_yy, s_aa, s_bb, s_ya, s_yb = np.split(counts @ columns, 8, axis=1)
-        # Centre the responses of the resample: Σ(y − ȳ)p = Σyp − Σy Σp / n.
-        s_yy_centred = s_yy - s_y**2 / n
-        r_a = _r_from_sums(s_ya - s_y * s_a / n, s_a, s_aa, s_yy_centred, n)
-        r_b = _r_from_sums(s_yb - s_y * s_b / n, s_b, s_bb, s_yy_centred, n)
-        distribution[start:start + rows] = np.mean(r_a - r_b, axis=1)
+    distribution = np.zeros(n_bootstrap)
+    for y, a, b in _blocks(arrays, 8):
+        columns = np.hstack([y, a, b, y * y, a * a, b * b, y * a, y * b])
+        for rows in _row_blocks(n_bootstrap, columns.shape[1]):
+            block = indices[rows]
+            size = len(block)
+            counts = np.bincount((block + n * np.arange(size)[:, None]).ravel(),
+                                 minlength=size * n).reshape(size, n).astype(np.float64)
+            s_y, s_a, s_b, s_yy, s_aa, s_bb, s_ya, s_yb = np.split(counts @ columns, 8, axis=1)
+            # Centre the responses of the resample: Σ(y − ȳ)p = Σyp − Σy Σp / n.
+            s_yy_centred = s_yy - s_y**2 / n
+            r_a = _r_from_sums(s_ya - s_y * s_a / n, s_a, s_aa, s_yy_centred, n)
+            r_b = _r_from_sums(s_yb - s_y * s_b / n, s_b, s_bb, s_yy_centred, n)
+            distribution[rows] += np.sum(r_a - r_b, axis=1)
+    distribution /= n_vertices
     low, high = np.quantile(distribution, [(1 - confidence) / 2, (1 + confidence) / 2])
     return BootstrapResult(float(low), float(high), distribution)
 

@@ -66,7 +66,8 @@ def collect_results(run: RunDirectory, methods: Sequence[str] | None = None, see
         ``delta_r_vs_b``, ``ci_low_vs_b``, ``ci_high_vs_b``, ``p_vs_b``, ``p_holm_vs_b``,
         ``p_bh_vs_b``, ``pct_improved_vs_b`` and ``n_test_vs_b`` (test images compared: a
         result that dropped test images, such as a pooled backbone, is compared on its own
-        rows). NaN where the baseline is missing or is the method itself.
+        rows). NaN where the baseline is missing (or not among ``methods``) or is the method
+        itself.
     """
     statistics = statistics or StatisticsConfig()
     rows = []
@@ -88,7 +89,8 @@ def collect_results(run: RunDirectory, methods: Sequence[str] | None = None, see
             "delta_r", "ci_low", "ci_high", "p", "pct_improved", "n_test")}
         for i, row in enumerate(table.itertuples()):
             other = run.encoding_dir(row.subject, row.hemisphere, row.roi, baseline)
-            if row.method == baseline or not (other / "summary.json").is_file():
+            wanted = methods is None or baseline in methods
+            if row.method == baseline or not wanted or not (other / "summary.json").is_file():
                 continue
             key = f"{row.subject}/{row.hemisphere}/{row.roi}/{row.method}/vs/{baseline}"
             result = compare_results(
@@ -98,7 +100,8 @@ def collect_results(run: RunDirectory, methods: Sequence[str] | None = None, see
             for name in columns:
                 columns[name][i] = getattr(result, "n_images" if name == "n_test" else name)
         for name, values in columns.items():
-            table[f"{name}_vs_{baseline}"] = values
+            table[f"{name}_vs_{baseline}"] = values if name != "n_test" else pd.array(
+                values, dtype="Int64")
         adjust_families(table, [f"p_vs_{baseline}"], by=["method"])
     return table
 
