@@ -16,7 +16,7 @@ from cortexcl.data.algonauts import load_subject
 from cortexcl.data.simulate import simulate_subject
 from cortexcl.encoding.pipeline import TEST_PREDICTION, TEST_RESPONSES, TEST_ROWS
 from cortexcl.errors import InputError
-from cortexcl.evaluation.single_subject import write_tables
+from cortexcl.evaluation.single_subject import comparison_table, write_tables
 from cortexcl.metrics import pearson_r
 from cortexcl.models.backbones import CANDIDATE_LAYERS
 from cortexcl.report import build_report
@@ -271,6 +271,23 @@ def test_comparison_frame_known_answer():
     assert format_number("cl vs untuned Holm p", 0.0213) == "0.021"
     assert format_number("cl % > untuned", 70.0) == "70.0"
     assert format_number("r cl", 0.30004) == "0.300"
+
+
+def test_terminal_comparison_table_shows_the_image_unit_tests():
+    table = pd.DataFrame({
+        "subject": "subj01", "hemisphere": "lh", "roi": ["V1v"] * 3,
+        "method": ["untuned", "cl", "rt"], "mean_r": [0.2, 0.3, 0.25],
+        "pct_improved_vs_untuned": [np.nan, 70.0, 60.0],
+        "delta_r_vs_untuned": [np.nan, 0.1, 0.05], "p_vs_untuned": [np.nan, 0.001, 0.02],
+        "p_holm_vs_untuned": [np.nan, 0.002, 0.02],
+        "pct_improved_vs_rt": [np.nan, 55.0, np.nan], "delta_r_vs_rt": [np.nan, 0.05, np.nan],
+        "p_vs_rt": [np.nan, 0.04, np.nan], "p_holm_vs_rt": [np.nan, 0.04, np.nan]})
+    wide = comparison_table(table)
+    assert list(wide.columns) == ["hemisphere", "roi", "cl", "rt", "untuned",
+                                  "CL>untuned %", "Δr (untuned)", "p (untuned)",
+                                  "p Holm (untuned)", "CL>RT %", "Δr (RT)", "p (RT)",
+                                  "p Holm (RT)"]
+    assert wide.iloc[0, 5:].tolist() == [70.0, 0.1, 0.001, 0.002, 55.0, 0.05, 0.04, 0.04]
 
 
 def test_roi_summary_across_subjects():

@@ -13,6 +13,7 @@ from statsmodels.stats.multitest import multipletests
 
 from cortexcl import statistics
 from cortexcl.errors import InputError
+from cortexcl.evaluation.single_subject import group_summary
 from cortexcl.metrics import paired_wilcoxon, pearson_r
 from cortexcl.statistics import (
     adjust_families,
@@ -249,3 +250,30 @@ def test_subject_tests_say_why_they_cannot_decide():
 def test_derive_seed_is_stable_and_distinct():
     assert derive_seed(0, "a/b") == derive_seed(0, "a/b")
     assert len({derive_seed(0, "a/b"), derive_seed(1, "a/b"), derive_seed(0, "a/c")}) == 3
+
+
+def test_group_summary_tests_across_subjects_with_adjustments():
+    rng = np.random.default_rng(13)
+    rows = []
+    for subject in [f"subj0{i}" for i in range(1, 7)]:
+        for roi in ("V1v", "hV4", "FFA-1"):
+            untuned = rng.uniform(0.1, 0.4)
+            rows += [{"subject": subject, "hemisphere": "lh", "roi": roi, "method": "untuned",
+                      "mean_r": untuned},
+                     {"subject": subject, "hemisphere": "lh", "roi": roi, "method": "cl",
+                      "mean_r": untuned + rng.normal(0.02, 0.02)}]
+    table = pd.DataFrame(rows)
+    groups = group_summary(table).set_index(["group", "method"])
+    assert set(groups.index.get_level_values("group")) == {"early", "higher", "early+higher"}
+    wide = table.pivot_table(index=["subject", "roi"], columns="method", values="mean_r")
+    gain = (wide["cl"] - wide["untuned"]).unstack("roi")
+    early = subject_tests(gain[["V1v", "hV4"]].mean(axis=1).to_numpy())
+    row = groups.loc[("early", "cl")]
+    assert row["p_unit"] == "subject" and row["n_subjects"] == 6
+    for test in ("signflip", "wilcoxon", "t"):
+        assert row[f"p_{test}_vs_untuned"] == pytest.approx(early[f"p_{test}"])
+    assert row["min_p_exact"] == 2 / 64 and row["note"] == ""
+    cl = groups.xs("cl", level="method")
+    np.testing.assert_allclose(cl["p_t_holm_vs_untuned"], holm(cl["p_t_vs_untuned"]))
+    np.testing.assert_allclose(cl["p_t_bh_vs_untuned"], benjamini_hochberg(cl["p_t_vs_untuned"]))
+    assert np.isnan(groups.loc[("early", "untuned"), "p_t_vs_untuned"])
