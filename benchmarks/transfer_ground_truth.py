@@ -7,7 +7,9 @@ than the backbones tuned, just as long, on subject 1's other ROIs (a different g
 Every backbone, the untuned one included, encodes each of subject 2's ROIs under the clean
 protocol on the same test images (subject 1's tuning images removed). Prints one JSON object:
 per target ROI, mean test r per backbone, the fraction of vertices each tuned backbone improves
-over untuned, and paired Wilcoxon tests of the matching backbone against each control.
+over untuned, and the paired comparison of the matching backbone with each control on the
+target's test images (Δr with its bootstrap 95 % interval and the permutation p-value; the unit
+is the test image, `cortexcl.evaluation.transfer.compare_results`).
 
     python benchmarks/transfer_ground_truth.py --n-images 600 --epochs 6
 """
@@ -26,27 +28,32 @@ import torch
 from cortexcl.config import EncodingConfig, parse_config
 from cortexcl.data.algonauts import load_subject
 from cortexcl.encoding.pipeline import encode_subject
-from cortexcl.evaluation.transfer import train_image_ids
-from cortexcl.metrics import paired_wilcoxon
+from cortexcl.evaluation.transfer import compare_results, train_image_ids
 from cortexcl.rundir import RunDirectory
+from cortexcl.statistics import P_UNIT_IMAGE, derive_seed
 from cortexcl.study.runner import StudyContext, prepare_data, run_study
 from cortexcl.tuning.checkpoints import BACKBONE
 
 ROIS = ("V1v", "FFA-1", "EBA")
 
 
-def _scores(r: dict[str, np.ndarray], matching: str) -> dict:
+def _scores(run: RunDirectory, target: str, roi: str, seed: int) -> dict:
     """Mean r per backbone, fraction improved over untuned, matching backbone vs the others."""
+    folders = {name: run.encoding_dir(target, "lh", roi, name) for name in ("untuned", *ROIS)}
+    r = {name: np.load(folder / "voxel_r.npy") for name, folder in folders.items()}
+    comparisons = {control: compare_results(folders[roi], folders[control],
+                                            seed=derive_seed(seed, f"{roi}/vs/{control}"))
+                   for control in ROIS if control != roi}
     return {
         "n_vertices": int(r["untuned"].size),
         "mean_r": {name: float(values.mean()) for name, values in r.items()},
         "fraction_improved_vs_untuned": {name: float(np.mean(values > r["untuned"]))
                                          for name, values in r.items() if name != "untuned"},
         "matching_vs_control": {control: {
-            "fraction_matching_better": float(np.mean(r[matching] > r[control])),
-            "mean_difference": float(np.mean(r[matching] - r[control])),
-            "p_wilcoxon": paired_wilcoxon(r[matching], r[control])}
-            for control in ROIS if control != matching},
+            "fraction_matching_better": float(np.mean(r[roi] > r[control])),
+            "delta_r": result.delta_r, "ci95": [result.ci_low, result.ci_high],
+            "p": result.p, "p_unit": P_UNIT_IMAGE}
+            for control, result in comparisons.items()},
     }
 
 
@@ -89,20 +96,17 @@ def main() -> None:
     excluded = train_image_ids(model_subject.image_ids, tuning_split.train)
     backbones = {"untuned": "none", **{roi: out / "tuning" / "models" / "subj01" / "lh" / roi /
                                        "cl" / BACKBONE for roi in ROIS}}
-    r: dict[str, dict[str, np.ndarray]] = {}
     for roi in ROIS:
-        r[roi] = {}
         for name, weights in backbones.items():
             encoded, _ = encode_subject(target, run, hemispheres=["lh"], rois=[roi],
                                         weights=weights, method=name, seed=args.seed,
                                         settings=EncodingConfig(
                                             n_components=args.n_components),
                                         progress=False, exclude_test_ids=excluded)
-            r[roi][name] = np.load(run.encoding_dir("subj02", "lh", roi, name) / "voxel_r.npy")
     result = {
         "setup": {**vars(args), "out": str(out), "n_test": int(encoded["n_test"].iloc[0]),
                   "n_test_dropped": int(encoded["n_test_dropped"].iloc[0])},
-        "targets": {roi: _scores(scores, roi) for roi, scores in r.items()},
+        "targets": {roi: _scores(run, "subj02", roi, args.seed) for roi in ROIS},
         "seconds": {"tuning": tuned - started, "total": time.perf_counter() - started},
     }
     print(json.dumps(result, indent=2))

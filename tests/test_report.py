@@ -14,8 +14,10 @@ from PIL import Image
 from cortexcl.atomic import atomic_save_npy, atomic_write_json, atomic_write_text
 from cortexcl.data.algonauts import load_subject
 from cortexcl.data.simulate import simulate_subject
+from cortexcl.encoding.pipeline import TEST_PREDICTION, TEST_RESPONSES, TEST_ROWS
 from cortexcl.errors import InputError
-from cortexcl.evaluation.single_subject import write_tables
+from cortexcl.evaluation.single_subject import comparison_table, write_tables
+from cortexcl.metrics import pearson_r
 from cortexcl.models.backbones import CANDIDATE_LAYERS
 from cortexcl.report import build_report
 from cortexcl.report.figures import (
@@ -31,9 +33,21 @@ ROIS = ("V1v", "hV4", "early")
 CONFIG = "name: report-test\nseed: 0\nweights: none\nmethods: [untuned, cl]\n"
 
 
-def tuned_r(untuned: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Per-vertex r of a tuned backbone: the untuned r plus a small, mostly positive gain."""
-    return (untuned + rng.normal(0.04, 0.05, untuned.size)).astype(np.float32)
+N_TEST = 12
+
+
+def fake_test_outputs(n: int, methods: tuple[str, ...],
+                 rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Measured test responses of n vertices and each backbone's predictions of them.
+
+    Tuned backbones predict a little better than the untuned one (less noise).
+    """
+    responses = rng.normal(size=(N_TEST, n)).astype(np.float32)
+    noise = rng.normal(0.0, 1.5, (N_TEST, n))
+    predictions = {method: (responses + noise * (1.0 if method == "untuned" else 0.8)
+                            + rng.normal(0.0, 0.3, (N_TEST, n))).astype(np.float32)
+                   for method in methods}
+    return responses, predictions
 
 
 def make_run(root: Path, data_root: Path | None, methods: tuple[str, ...] = ("untuned", "cl"),
@@ -50,11 +64,14 @@ def make_run(root: Path, data_root: Path | None, methods: tuple[str, ...] = ("un
     for hemisphere in ("lh", "rh"):
         for roi in ROIS:
             n = subject.roi_indices(hemisphere, roi).size if subject else 25 + 5 * len(roi)
-            untuned = rng.normal(0.3, 0.12, n).astype(np.float32)
+            responses, predictions = fake_test_outputs(n, methods, rng)
             for method in methods:
-                r = untuned if method == "untuned" else tuned_r(untuned, rng)
+                r = pearson_r(responses, predictions[method]).astype(np.float32)
                 out = run.encoding_dir("subj01", hemisphere, roi, method)
                 atomic_save_npy(out / "voxel_r.npy", r)
+                atomic_save_npy(out / TEST_ROWS, np.arange(30, 30 + N_TEST))
+                atomic_save_npy(out / TEST_RESPONSES, responses)
+                atomic_save_npy(out / TEST_PREDICTION, predictions[method])
                 atomic_save_npy(out / "alphas.npy", np.full(n, 100.0, dtype=np.float32))
                 scores = rng.uniform(0.0, 0.4, len(CANDIDATE_LAYERS))
                 layers = pd.DataFrame({"layer": CANDIDATE_LAYERS, "mean_val_r": scores,
@@ -69,7 +86,7 @@ def make_run(root: Path, data_root: Path | None, methods: tuple[str, ...] = ("un
                     "n_vertices": n, "best_layer": CANDIDATE_LAYERS[int(scores.argmax())],
                     "mean_r": float(r.mean()), "median_r": float(np.median(r)),
                     "mean_val_r": float(scores.max()), "weights": weights, "protocol": "clean",
-                    "seed": 0, "refit": "train+val", "n_train": 22, "n_val": 3, "n_test": 5})
+                    "seed": 0, "refit": "train+val", "n_train": 22, "n_val": 3, "n_test": N_TEST})
                 if with_models and method != "untuned":
                     epochs = np.arange(1, 7)
                     scale = 1.0 + 0.3 * ROIS.index(roi)
@@ -231,23 +248,46 @@ def test_comparison_frame_known_answer():
         "method": ["untuned", "cl", "rt"] * 2, "n_vertices": [30] * 3 + [40] * 3,
         "mean_r": [0.2, 0.3, 0.25, 0.5, 0.4, 0.45],
         "pct_improved_vs_untuned": [np.nan, 70.0, 60.0, np.nan, 20.0, 30.0],
+        "delta_r_vs_untuned": [np.nan, 0.1, 0.05, np.nan, -0.1, -0.05],
         "p_vs_untuned": [np.nan, 1e-5, 0.02, np.nan, 0.5, 0.6],
+        "p_holm_vs_untuned": [np.nan, 2e-5, 0.04, np.nan, 1.0, 1.0],
         "pct_improved_vs_rt": [np.nan, 55.0, np.nan, np.nan, 45.0, np.nan],
-        "p_vs_rt": [np.nan, 0.04, np.nan, np.nan, 0.3, np.nan]})
+        "delta_r_vs_rt": [np.nan, 0.05, np.nan, np.nan, -0.05, np.nan],
+        "p_vs_rt": [np.nan, 0.04, np.nan, np.nan, 0.3, np.nan],
+        "p_holm_vs_rt": [np.nan, 0.08, np.nan, np.nan, 0.3, np.nan]})
     frame, best = comparison_frame(table)
     assert list(frame.columns) == [
         "subject", "hemisphere", "roi", "vertices", "r untuned", "r cl", "r rt",
-        "cl % > untuned", "cl vs untuned p", "rt % > untuned", "rt vs untuned p",
-        "cl % > rt", "cl vs rt p"]
+        "cl % > untuned", "cl − untuned Δr", "cl vs untuned p", "cl vs untuned Holm p",
+        "rt % > untuned", "rt − untuned Δr", "rt vs untuned p", "rt vs untuned Holm p",
+        "cl % > rt", "cl − rt Δr", "cl vs rt p", "cl vs rt Holm p"]
     assert list(frame["roi"]) == ["V1v", "hV4"]  # ROI order of the ROI classes
     assert list(frame["vertices"]) == [40, 30]
     np.testing.assert_allclose(frame["r cl"], [0.4, 0.3])
     np.testing.assert_allclose(frame["cl % > rt"], [45.0, 55.0])
+    np.testing.assert_allclose(frame["cl vs rt Holm p"], [0.3, 0.08])
     assert best == {0: {"r untuned"}, 1: {"r cl"}}
     assert format_number("cl vs untuned p", 1e-5) == "1.0e-05"
-    assert format_number("cl vs untuned p", 0.0213) == "0.021"
+    assert format_number("cl vs untuned Holm p", 0.0213) == "0.021"
     assert format_number("cl % > untuned", 70.0) == "70.0"
     assert format_number("r cl", 0.30004) == "0.300"
+
+
+def test_terminal_comparison_table_shows_the_image_unit_tests():
+    table = pd.DataFrame({
+        "subject": "subj01", "hemisphere": "lh", "roi": ["V1v"] * 3,
+        "method": ["untuned", "cl", "rt"], "mean_r": [0.2, 0.3, 0.25],
+        "pct_improved_vs_untuned": [np.nan, 70.0, 60.0],
+        "delta_r_vs_untuned": [np.nan, 0.1, 0.05], "p_vs_untuned": [np.nan, 0.001, 0.02],
+        "p_holm_vs_untuned": [np.nan, 0.002, 0.02],
+        "pct_improved_vs_rt": [np.nan, 55.0, np.nan], "delta_r_vs_rt": [np.nan, 0.05, np.nan],
+        "p_vs_rt": [np.nan, 0.04, np.nan], "p_holm_vs_rt": [np.nan, 0.04, np.nan]})
+    wide = comparison_table(table)
+    assert list(wide.columns) == ["hemisphere", "roi", "cl", "rt", "untuned",
+                                  "CL>untuned %", "Δr (untuned)", "p (untuned)",
+                                  "p Holm (untuned)", "CL>RT %", "Δr (RT)", "p (RT)",
+                                  "p Holm (RT)"]
+    assert wide.iloc[0, 5:].tolist() == [70.0, 0.1, 0.001, 0.002, 55.0, 0.05, 0.04, 0.04]
 
 
 def test_roi_summary_across_subjects():

@@ -17,9 +17,12 @@ import yaml
 from safetensors.torch import load_file
 
 from cortexcl.config import StudyConfig
+from cortexcl.data.algonauts import load_subject
+from cortexcl.encoding.pipeline import TEST_PREDICTION, TEST_RESPONSES, TEST_ROWS
 from cortexcl.errors import InputError
 from cortexcl.models.backbones import load_alexnet
 from cortexcl.rundir import RunDirectory
+from cortexcl.statistics import compare_predictions, derive_seed
 from cortexcl.study import runner
 from cortexcl.study.executors import SerialExecutor
 from cortexcl.study.jobs import DONE, Job, plan_jobs
@@ -137,6 +140,7 @@ def test_job_settings_follow_the_sections_they_depend_on():
     assert "tune-pooled/pooled-const" in changed(selection__rois=["V1v", "hV4", "V2d"])
     assert "tune-pooled/pooled-avg" not in changed(selection__rois=["V1v", "hV4", "V2d"])
     assert changed(execution={"device": "cpu", "executor": "ray"}) == set()
+    assert changed(evaluation={"statistics": {"n_permutations": 500}}) == {"aggregate/all"}
     assert changed(data__image_size=96) >= {"tune/cl", "tune/rt", "encode/untuned"}
 
 
@@ -155,6 +159,7 @@ def test_tiny_study_end_to_end(finished):
     excluded = pd.read_csv(root / "tables" / "excluded.csv")
     assert excluded.roi.tolist() == ["hV4"]
     cl = table.set_index("method").loc["cl"]
+    check_comparisons(root, table)
     assert np.isfinite(cl["mi_bits"])
     # One subject: the common K is its whole test part, and the bound is the full one.
     assert cl["mi_common_k"] == cl["n_test"]
@@ -178,6 +183,36 @@ def test_tiny_study_end_to_end(finished):
     assert (root / "report.html").stat().st_size > 1000
     assert {"config.yaml", "manifest.json"} <= {p.name for p in root.iterdir()}
     assert yaml.safe_load((root / "config.yaml").read_text())["name"] == "tiny"
+
+
+def check_comparisons(root: Path, table: pd.DataFrame) -> None:
+    """encoding.csv compares every backbone with untuned and RT on the test images, with the
+    statistics recomputed here from the result folders and the recorded seeds."""
+    assert (table["p_unit"] == "test image").all()
+    for baseline in ("untuned", "rt"):
+        columns = [f"{name}_vs_{baseline}" for name in (
+            "delta_r", "ci_low", "ci_high", "p", "p_holm", "p_bh", "pct_improved", "n_test")]
+        assert set(columns) <= set(table.columns)
+        for row in table.itertuples():
+            values = table.loc[row.Index, columns]
+            if row.method == baseline:
+                assert values.isna().all()
+                continue
+            folder = root / "encoding" / "subj01" / "lh" / "V1v"
+            mine, theirs = (np.load(folder / name / TEST_PREDICTION)
+                            for name in (row.method, baseline))
+            responses = np.load(folder / row.method / TEST_RESPONSES)
+            seed = derive_seed(0, f"subj01/lh/V1v/{row.method}/vs/{baseline}")
+            expected = compare_predictions(responses, mine, theirs, seed=seed)
+            assert values.tolist() == pytest.approx(
+                [expected.delta_r, expected.ci_low, expected.ci_high, expected.p,
+                 expected.p, expected.p, expected.pct_improved, expected.n_images])
+    # The saved test responses are the subject's measured responses of those rows.
+    subject = load_subject(prepare_data(study(), progress=False), 1, image_size=64,
+                           progress=False)
+    result = root / "encoding" / "subj01" / "lh" / "V1v" / "cl"
+    np.testing.assert_array_equal(np.load(result / TEST_RESPONSES),
+                                  subject.responses("lh", "V1v")[np.load(result / TEST_ROWS)])
 
 
 def test_second_run_skips_every_job(finished):

@@ -12,11 +12,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from cortexcl.atomic import atomic_save_npy, atomic_write_json
 from cortexcl.data.algonauts import load_subject
 from cortexcl.data.splits import Split
-from cortexcl.encoding.pipeline import TEST_PREDICTION, TEST_ROWS, without_test_images
+from cortexcl.encoding.pipeline import (
+    TEST_PREDICTION,
+    TEST_RESPONSES,
+    TEST_ROWS,
+    without_test_images,
+)
 from cortexcl.errors import InputError
 from cortexcl.evaluation.cross_subject import (
     cross_subject_table,
@@ -24,8 +30,15 @@ from cortexcl.evaluation.cross_subject import (
     pooled_vs_cross,
     pooled_vs_cross_tests,
 )
-from cortexcl.evaluation.transfer import rescore, split_transfer, transfer_method
+from cortexcl.evaluation.transfer import (
+    compare_results,
+    rescore,
+    shared_test_data,
+    split_transfer,
+    transfer_method,
+)
 from cortexcl.rundir import RunDirectory
+from cortexcl.statistics import compare_predictions, holm
 from cortexcl.study.runner import prepare_data, run_study
 from study_helpers import FROZEN, SIMULATION, study
 
@@ -65,6 +78,40 @@ def test_rescore_is_pearson_r_on_the_requested_rows(tmp_path):
         rescore(folder, np.array([0, 20]), responses)
     with pytest.raises(InputError, match="no saved test predictions"):
         rescore(tmp_path / "empty", subset, responses)
+
+
+def _saved(folder: Path, rows: np.ndarray, responses: np.ndarray,
+           prediction: np.ndarray) -> Path:
+    """An encoding result's test outputs: rows, measured responses and predictions."""
+    atomic_save_npy(folder / TEST_RESPONSES, responses[rows].astype(np.float32))
+    return _result(folder, rows, prediction.astype(np.float32))
+
+
+def test_results_are_compared_on_their_shared_test_images(tmp_path):
+    rng = np.random.default_rng(1)
+    responses = rng.normal(size=(60, 6)).astype(np.float32)
+    rows = np.arange(30, 60)
+    baseline = _saved(tmp_path / "untuned", rows, responses,
+                      responses[rows] + rng.normal(size=(30, 6)))
+    # A pooled result that dropped five of the test images, in another order.
+    kept = rows[5:][::-1]
+    pooled_prediction = responses[kept] + 0.5 * rng.normal(size=(25, 6))
+    pooled = _saved(tmp_path / "pooled-avg", kept, responses, pooled_prediction)
+    measured, mine, theirs = shared_test_data(pooled, baseline)
+    np.testing.assert_array_equal(measured, responses[kept])
+    np.testing.assert_allclose(mine, pooled_prediction, rtol=1e-6)
+    np.testing.assert_array_equal(theirs, np.load(baseline / TEST_PREDICTION)[kept - 30])
+    result = compare_results(pooled, baseline, seed=3, n_permutations=200, n_bootstrap=100)
+    assert result == compare_predictions(measured, mine, theirs, seed=3, n_permutations=200,
+                                         n_bootstrap=100)
+    assert result.n_images == 25 and result.delta_r > 0
+
+    other = _saved(tmp_path / "other-data", rows, responses + 1.0, responses[rows])
+    with pytest.raises(InputError, match="test responses differ"):
+        shared_test_data(other, baseline)
+    (baseline / TEST_RESPONSES).unlink()
+    with pytest.raises(InputError, match=f"no {TEST_RESPONSES}.*encode it again"):
+        compare_results(pooled, baseline, seed=0)
 
 
 def _summary(folder: Path, subject: str, roi: str, method: str, r: list[float],
@@ -116,8 +163,33 @@ def test_cross_subject_tables_known_answers(tmp_path):
     assert pooled_vs_cross(table, encoding, exclude=("lh:V1v",)).empty
     tests = pooled_vs_cross_tests(points.reset_index())
     row = tests[tests["group"] == "all"].iloc[0]
-    assert row["n_entries"] == 2
+    assert row["n_entries"] == 2 and row["n_subjects"] == 2 and row["p_unit"] == "subject"
     assert row["mean_difference"] == pytest.approx(((50 - 100) + (100 - 200 / 3)) / 2)
+    # Two subjects: the four sign patterns all reach |mean|, so the exact p is 1.
+    assert row["p_signflip"] == 1.0 and row["p_signflip_holm"] == 1.0
+    assert "cannot give p < 0.05" in row["note"]
+
+
+def test_pooled_vs_cross_tests_average_entries_within_a_subject():
+    points = pd.DataFrame({
+        "subject": ["subj01"] * 3 + ["subj02"] * 2 + ["subj03"],
+        "hemisphere": "lh", "roi": ["V1v", "V2v", "FFA-1", "V1v", "V2v", "V1v"],
+        "group": ["early", "early", "higher", "early", "early", "early"],
+        "method": "pooled-avg", "cross_pct": 50.0,
+        "pooled_pct": [60.0, 70.0, 40.0, 55.0, 65.0, 80.0], "n_models": 2})
+    tests = pooled_vs_cross_tests(points).set_index("group")
+    # Early: subject means 15, 10 and 30 of 5 entries; higher: one subject only.
+    early = tests.loc["early"]
+    assert (early["n_entries"], early["n_subjects"]) == (5, 3)
+    assert early["mean_difference"] == pytest.approx(55 / 3)
+    assert early["p_signflip"] == pytest.approx(2 / 8)
+    assert early["p_t"] == pytest.approx(stats.ttest_1samp([15, 10, 30], 0.0).pvalue)
+    higher = tests.loc["higher"]
+    assert np.isnan(higher["p_signflip"]) and np.isnan(higher["p_t"])
+    assert "needs 2 or more" in higher["note"]
+    # The family of a test: one pooled method across groups (NaN comparisons left out).
+    np.testing.assert_allclose(tests["p_t_holm"].dropna(),
+                               holm(tests["p_t"].to_numpy())[~np.isnan(tests["p_t"])])
 
 
 # -- a whole study with every evaluation -------------------------------------------------------
@@ -186,6 +258,22 @@ def test_cross_subject_results_drop_the_models_tuning_images(full_study):
     assert cross["n_test_dropped"].sum() > 0
     pooled = encoding.xs("pooled-avg", level="method")
     assert (pooled["n_test_dropped"] >= 0).all()
+    # The pooled backbone is compared with untuned on its own test images only.
+    assert (pooled["n_test_vs_untuned"] == pooled["n_test"]).all()
+    for subject in ("subj01", "subj02"):
+        folder = run.encoding_dir(subject, "lh", "V1v", "pooled-avg")
+        untuned = run.encoding_dir(subject, "lh", "V1v", "untuned")
+        matched = np.load(folder / "matched" / "untuned.npy")
+        expected = np.mean(np.load(folder / "voxel_r.npy") - matched)
+        assert pooled.loc[subject, "delta_r_vs_untuned"] == pytest.approx(expected, abs=1e-5)
+        assert (pooled.loc[subject, "ci_low_vs_untuned"] <= pooled.loc[subject,
+                "delta_r_vs_untuned"] <= pooled.loc[subject, "ci_high_vs_untuned"])
+        np.testing.assert_array_equal(np.load(folder / TEST_RESPONSES),
+                                      np.load(untuned / TEST_RESPONSES)[np.isin(
+                                          np.load(untuned / TEST_ROWS),
+                                          np.load(folder / TEST_ROWS))])
+    tests = _table(run, "pooled_vs_cross_tests.csv")
+    assert (tests["p_unit"] == "subject").all() and (tests["n_subjects"] == 2).all()
     points = _table(run, "pooled_vs_cross.csv")
     assert sorted(points["subject"]) == ["subj01", "subj02"]
 
@@ -200,6 +288,14 @@ def test_nod_transfer_uses_the_counterpart_backbones(full_study):
     assert sorted(zip(tuned["roi"], tuned["source"], strict=True)) == [
         ("V1", "subj01"), ("V1", "subj02")]
     assert (table["n_vertices"] == 20).all()
+    # Each tuned backbone against untuned on the NOD subject's test trials (unit: image).
+    assert (table["p_unit"] == "test image").all()
+    assert untuned[["delta_r", "p", "p_holm"]].isna().all().all()
+    assert tuned["p"].between(0, 1).all() and (tuned["p_holm"] >= tuned["p"]).all()
+    assert (tuned["ci_low"] <= tuned["delta_r"]).all()
+    assert (tuned["delta_r"] <= tuned["ci_high"]).all()
+    assert (tuned["mean_r"] - tuned["mean_r_untuned"]).to_numpy() == pytest.approx(
+        tuned["delta_r"].to_numpy(), abs=1e-5)
     summary = _table(run, "nod_transfer_summary.csv").set_index(["roi", "method"])
     assert summary.loc[("V1", "cl"), "n_models"] == 2
 
@@ -242,4 +338,5 @@ def test_backbone_tuned_on_the_same_ground_truth_transfers_best(tmp_path):
     v1v = json.loads(done.stdout)["targets"]["V1v"]
     assert v1v["fraction_improved_vs_untuned"]["V1v"] > 0.5
     control = v1v["matching_vs_control"]["FFA-1"]
-    assert control["fraction_matching_better"] > 0.5 and control["p_wilcoxon"] < 0.05
+    # The matching backbone beats the control on the test images (unit: the image).
+    assert control["delta_r"] > 0 and control["p"] < 0.05

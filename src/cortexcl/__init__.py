@@ -35,6 +35,7 @@ _EXPORTS = {
     "encode_subject": "cortexcl.encoding.pipeline",
     "infonce_bound": "cortexcl.evaluation.mutual_info",
     "pearson_r": "cortexcl.metrics",
+    "compare_predictions": "cortexcl.statistics",
     "StudyConfig": "cortexcl.config",
     "load_config": "cortexcl.config",
     "run_study": "cortexcl.study.runner",

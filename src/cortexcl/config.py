@@ -21,6 +21,7 @@ from pydantic import (
 
 from cortexcl.data.rois import HEMISPHERES, expand_rois
 from cortexcl.errors import InputError
+from cortexcl.statistics import N_BOOTSTRAP, N_PERMUTATIONS
 
 
 def _expanded_rois(rois: list[str]) -> list[str]:
@@ -203,9 +204,19 @@ class SaliencyConfig(_Strict):
     batch_size: int = Field(32, ge=1)
 
 
+class StatisticsConfig(_Strict):
+    """Resamples of the paired tests with the test image as the unit (cortexcl.statistics)."""
+
+    n_permutations: int = Field(N_PERMUTATIONS, ge=100,
+                                description="image-wise swap patterns of the permutation test")
+    n_bootstrap: int = Field(N_BOOTSTRAP, ge=100,
+                             description="image resamples of the bootstrap confidence interval")
+
+
 class EvaluationConfig(_Strict):
     """Evaluations run after encoding."""
 
+    statistics: StatisticsConfig = StatisticsConfig()
     mutual_info: bool = True
     temperature_scan: bool = Field(False, description="optimistic post-hoc τ, chosen on val")
     cross_subject: bool = Field(False, description="every subject's CL backbones encode every "

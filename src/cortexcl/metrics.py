@@ -136,6 +136,10 @@ def paired_wilcoxon(r_a: ArrayLike, r_b: ArrayLike) -> float:
     """Two-sided p-value of the Wilcoxon signed-rank test of A vs B over voxels.
 
     Uses :func:`scipy.stats.wilcoxon`; when every paired difference is zero the p-value is 1.
+    The test treats the voxels as independent replicates, which the voxels of one ROI are not
+    (they share the test images and correlated noise): it rejects true nulls far too often
+    (``benchmarks/calibration.py`` runs it as the reference it was). Compare two models with
+    `cortexcl.statistics.compare_predictions` (unit: the test image) instead.
     """
     a, b = _paired(r_a, r_b, "paired_wilcoxon")
     if np.all(a == b):

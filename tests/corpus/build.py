@@ -696,6 +696,13 @@ def _(folder: Path) -> None:
     write_config(folder, tuning__rt__epochs=0)
 
 
+@case("config-few-permutations", RUN,
+      "{case}/study.yaml: evaluation.statistics.n_permutations:", "greater than or equal to 100")
+def _(folder: Path) -> None:
+    """The permutation test of the tables would draw 10 swap patterns."""
+    write_config(folder, evaluation__statistics__n_permutations=10)
+
+
 @case("config-unknown-method", RUN, "{case}/study.yaml: methods.0:", "'untuned'")
 def _(folder: Path) -> None:
     """The configuration names an unknown method."""

@@ -28,6 +28,10 @@ TABLE_KEY = ("subject", "hemisphere", "roi", "method")
 
 TEST_ROWS = "test_rows.npy"
 TEST_PREDICTION = "test_prediction.npy"
+TEST_RESPONSES = "test_responses.npy"
+# Version of the files in an encoding result folder: the study runner re-encodes results
+# written with another version (2: the measured test responses were added).
+RESULT_FORMAT = 2
 SHARED_SELECTION = "shared_selection.json"
 
 
@@ -197,6 +201,7 @@ def encode_subject(
                                      "roi": roi, "method": method, "n_vertices": columns.size,
                                      "reason": f"fewer than {min_vertices} vertices"})
                     continue
+                roi_responses = responses[:, columns]
                 options = {"n_components": settings.n_components, "refit": settings.refit,
                            "standardize": settings.standardize,
                            "alpha_scale": settings.alpha_grid, "progress": progress,
@@ -204,9 +209,9 @@ def encode_subject(
                 used, pair = features, None
                 if settings.selection == "shared-untuned":
                     pair = (shared[hemisphere, roi] if shared is not None else EncodingModel(
-                        **options).select_shared(features, responses[:, columns], split))
+                        **options).select_shared(features, roi_responses, split))
                     used, options["alphas"] = {pair[0]: features[pair[0]]}, [pair[1]]
-                model = EncodingModel(**options).fit(used, responses[:, columns], split)
+                model = EncodingModel(**options).fit(used, roi_responses, split)
                 if pair is not None:
                     atomic_write_json(run.encoding_dir(subject.name, hemisphere, roi, method)
                                       / SHARED_SELECTION, {"layer": pair[0], "alpha": pair[1],
@@ -216,17 +221,21 @@ def encode_subject(
                 constant = (np.ptp(responses[np.asarray(split.test)][:, columns], axis=0) == 0) \
                     | (np.ptp(model.predictions_, axis=0) == 0)
                 rows.append(_write_result(run, subject, hemisphere, roi, method, model, nc,
-                                          split.test, {**context, **subject.data_notes(hemisphere),
-                                                       "n_constant": int(constant.sum())}))
+                                          split.test, roi_responses[split.test],
+                                          {**context, **subject.data_notes(hemisphere),
+                                           "n_constant": int(constant.sum())}))
     return pd.DataFrame(rows), pd.DataFrame(excluded)
 
 
 def _write_result(run: RunDirectory, subject: Subject, hemisphere: str, roi: str, method: str,
                   model: EncodingModel, noise_ceiling: np.ndarray | None,
-                  test_rows: np.ndarray, context: dict) -> dict:
+                  test_rows: np.ndarray, test_responses: np.ndarray, context: dict) -> dict:
     out = run.encoding_dir(subject.name, hemisphere, roi, method)
     atomic_save_npy(out / "voxel_r.npy", model.test_r_.astype(np.float32))
+    # The test rows, with the measured responses and predictions of those rows in the same
+    # order: the paired tests of the tables need nothing else (cortexcl.statistics).
     atomic_save_npy(out / TEST_ROWS, np.asarray(test_rows, dtype=np.int64))
+    atomic_save_npy(out / TEST_RESPONSES, np.asarray(test_responses, dtype=np.float32))
     atomic_save_npy(out / TEST_PREDICTION, model.predictions_.astype(np.float32))
     atomic_save_npy(out / "alphas.npy", model.alphas_.astype(np.float32))
     atomic_save_npy(out / "absolute_alphas.npy", model.absolute_alphas_.astype(np.float32))

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from cortexcl.atomic import atomic_write_csv
 from cortexcl.data.rois import ROI_GROUPS
 from cortexcl.evaluation.transfer import matched_baseline, split_transfer
 from cortexcl.rundir import RunDirectory
+from cortexcl.statistics import P_UNIT_SUBJECT, adjust_families, subject_tests
 
 CROSS_SUBJECT = "cross_subject"
 BASELINE = "untuned"
@@ -132,10 +132,22 @@ def pooled_vs_cross(cross: pd.DataFrame, encoding: pd.DataFrame,
 
 
 def pooled_vs_cross_tests(points: pd.DataFrame) -> pd.DataFrame:
-    """Paired tests of pooled_pct − cross_pct over entries, per pooled method and group.
+    """Paired tests of pooled_pct − cross_pct across target subjects, per pooled method and group.
 
-    Columns: method, group, n_entries, mean_difference (percentage points), p_wilcoxon,
-    p_t (two-sided; NaN with fewer than two entries or no variation).
+    Entries of one target subject (its hemisphere × ROI points) share the subject's data, so
+    they are not independent replicates: the differences are averaged within each target
+    subject first, and the tests run across subjects (`cortexcl.statistics.subject_tests`:
+    exact sign-flip permutation, Wilcoxon signed-rank, one-sample t; two-sided).
+
+    Returns
+    -------
+    DataFrame
+        Columns method, group, n_entries, n_subjects, mean_difference (percentage points,
+        mean over subjects of the per-subject mean), p_unit (``subject``), p_signflip,
+        p_wilcoxon, p_t, each followed by its Holm and Benjamini–Hochberg adjustments (family:
+        one pooled method and test across the groups early, higher and all), min_p_exact (the
+        smallest p the exact tests can give) and note (why a p-value is NaN, e.g. fewer than
+        two subjects, or that too few subjects cannot reach p < 0.05).
     """
     rows = []
     for method, part in points.groupby("method"):
@@ -143,15 +155,19 @@ def pooled_vs_cross_tests(points: pd.DataFrame) -> pd.DataFrame:
             entries = part if group == "all" else part[part["group"] == group]
             if entries.empty:
                 continue
-            difference = (entries["pooled_pct"] - entries["cross_pct"]).to_numpy()
-            testable = difference.size >= 2 and not np.allclose(difference, difference[0])
+            per_subject = (entries["pooled_pct"] - entries["cross_pct"]).groupby(
+                entries["subject"]).mean()
+            tests = subject_tests(per_subject.to_numpy())
             rows.append({
-                "method": method, "group": group, "n_entries": difference.size,
-                "mean_difference": float(difference.mean()),
-                "p_wilcoxon": float(stats.wilcoxon(difference).pvalue) if testable else np.nan,
-                "p_t": float(stats.ttest_1samp(difference, 0.0).pvalue) if testable else np.nan,
-            })
-    return pd.DataFrame(rows)
+                "method": method, "group": group, "n_entries": len(entries),
+                "n_subjects": tests["n_subjects"], "mean_difference": tests["mean_difference"],
+                "p_unit": P_UNIT_SUBJECT, "p_signflip": tests["p_signflip"],
+                "p_wilcoxon": tests["p_wilcoxon"], "p_t": tests["p_t"],
+                "min_p_exact": tests["min_p_exact"], "note": tests["note"]})
+    table = pd.DataFrame(rows)
+    if not table.empty:
+        adjust_families(table, ["p_signflip", "p_wilcoxon", "p_t"], by=["method"])
+    return table
 
 
 def write_cross_subject_tables(run: RunDirectory, encoding: pd.DataFrame, pooled: bool = False,

@@ -3,7 +3,9 @@
 Each NOD area is encoded with the same-hemisphere NSD backbones of its counterpart (V1-V3 →
 V1v/V2v/V3v, or V1d/V2d/V3d with ``stream="dorsal"``; V4 → hV4) from every NSD subject, and
 with the untuned backbone, under the clean protocol on the NOD subject's own split. Results
-live in the run's ``nod/`` folder, laid out like the run itself.
+live in the run's ``nod/`` folder, laid out like the run itself. Each backbone is compared with
+the untuned one on the NOD subject's test trials, with the test image as the unit of the
+paired tests (`cortexcl.evaluation.transfer.compare_results`).
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import numpy as np
 import pandas as pd
 
 from cortexcl.atomic import atomic_write_csv
-from cortexcl.evaluation.transfer import matched_baseline, split_transfer
-from cortexcl.metrics import paired_wilcoxon
+from cortexcl.config import StatisticsConfig
+from cortexcl.evaluation.transfer import compare_results, split_transfer
 from cortexcl.rundir import RunDirectory
+from cortexcl.statistics import P_UNIT_IMAGE, adjust_families, derive_seed
 
 NOD = "nod"
 BASELINE = "untuned"
@@ -31,50 +34,82 @@ def nsd_counterpart(nod_roi: str, stream: str = "ventral") -> str:
     return NSD_COUNTERPARTS[stream][nod_roi]
 
 
-def nod_transfer_table(run: RunDirectory) -> pd.DataFrame:
+def nod_transfer_table(run: RunDirectory, seed: int = 0,
+                       statistics: StatisticsConfig | None = None) -> pd.DataFrame:
     """One row per NOD subject × hemisphere × area × backbone.
 
-    Columns: subject, hemisphere, roi, method, source (the NSD subject, ``pooled``, or empty
-    for untuned), n_vertices, mean_r, mean_r_untuned, pct_improved (vertices where the
-    backbone beats the untuned one), p_wilcoxon (paired over vertices), best_layer.
+    Parameters
+    ----------
+    run : RunDirectory
+        The study's run (results under ``nod/encoding``).
+    seed : int
+        Base seed of the resamples; a row uses ``derive_seed(seed, "nod/<subject>/
+        <hemisphere>/<area>/<backbone>/vs/untuned")``.
+    statistics : StatisticsConfig, optional
+        Numbers of permutations and bootstrap resamples.
+
+    Returns
+    -------
+    DataFrame
+        Columns subject, hemisphere, roi, method, source (the NSD subject, ``pooled``, or empty
+        for untuned), n_vertices, mean_r, mean_r_untuned, then against the untuned backbone on
+        the same test trials: delta_r (mean over vertices of r − r_untuned), ci_low, ci_high
+        (bootstrap 95 %), p (permutation test; ``p_unit`` = test image), p_holm, p_bh
+        (family: one method across every NOD subject × hemisphere × area × source),
+        pct_improved (vertices improved, descriptive), n_test; and best_layer.
     """
+    statistics = statistics or StatisticsConfig()
     rows = []
     for summary_file in sorted(run.path(NOD, "encoding").glob("*/*/*/*/summary.json")):
         summary = json.loads(summary_file.read_text())
         folder = summary_file.parent
         method, source = split_transfer(summary["method"])
-        r = np.load(folder / "voxel_r.npy")
-        baseline = matched_baseline(folder, BASELINE, folder.with_name(BASELINE))
-        compared = baseline is not None and method != BASELINE
-        rows.append({
-            "subject": summary["subject"], "hemisphere": summary["hemisphere"],
-            "roi": summary["roi"], "method": method, "source": source or "",
-            "n_vertices": summary["n_vertices"], "mean_r": float(np.mean(r)),
-            "mean_r_untuned": float(np.mean(baseline)) if baseline is not None else np.nan,
-            "pct_improved": 100.0 * float(np.mean(r > baseline)) if compared else np.nan,
-            "p_wilcoxon": paired_wilcoxon(r, baseline) if compared else np.nan,
-            "best_layer": summary["best_layer"],
-        })
-    return pd.DataFrame(rows)
+        untuned = folder.with_name(BASELINE)
+        row = {"subject": summary["subject"], "hemisphere": summary["hemisphere"],
+               "roi": summary["roi"], "method": method, "source": source or "",
+               "n_vertices": summary["n_vertices"], "mean_r": summary["mean_r"],
+               "mean_r_untuned": np.nan, "delta_r": np.nan, "ci_low": np.nan,
+               "ci_high": np.nan, "p": np.nan, "p_unit": P_UNIT_IMAGE,
+               "pct_improved": np.nan, "n_test": summary["n_test"],
+               "best_layer": summary["best_layer"]}
+        if (untuned / "summary.json").is_file():
+            row["mean_r_untuned"] = json.loads((untuned / "summary.json").read_text())["mean_r"]
+        if method != BASELINE and (untuned / "summary.json").is_file():
+            key = f"nod/{summary['subject']}/{summary['hemisphere']}/{summary['roi']}/" \
+                  f"{summary['method']}/vs/{BASELINE}"
+            result = compare_results(folder, untuned, seed=derive_seed(seed, key),
+                                     n_permutations=statistics.n_permutations,
+                                     n_bootstrap=statistics.n_bootstrap)
+            row.update(delta_r=result.delta_r, ci_low=result.ci_low, ci_high=result.ci_high,
+                       p=result.p, pct_improved=result.pct_improved, n_test=result.n_images)
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if not table.empty:
+        adjust_families(table, ["p"], by=["method"])
+    return table
 
 
 def nod_transfer_summary(table: pd.DataFrame) -> pd.DataFrame:
     """Mean and spread over source backbones and NOD subjects, per hemisphere × area × method.
 
     Columns: hemisphere, roi, method, n_models, mean_r, sd_r, min_r, max_r, mean_r_untuned,
-    mean_pct_improved.
+    mean_delta_r, mean_pct_improved.
     """
     return (table.groupby(["hemisphere", "roi", "method"], sort=True)
             .agg(n_models=("mean_r", "size"), mean_r=("mean_r", "mean"),
                  sd_r=("mean_r", "std"), min_r=("mean_r", "min"), max_r=("mean_r", "max"),
-                 mean_r_untuned=("mean_r_untuned", "mean"),
+                 mean_r_untuned=("mean_r_untuned", "mean"), mean_delta_r=("delta_r", "mean"),
                  mean_pct_improved=("pct_improved", "mean"))
             .reset_index())
 
 
-def write_nod_tables(run: RunDirectory) -> None:
-    """Write ``tables/nod_transfer.csv`` and ``tables/nod_transfer_summary.csv``."""
-    table = nod_transfer_table(run)
+def write_nod_tables(run: RunDirectory, seed: int = 0,
+                     statistics: StatisticsConfig | None = None) -> None:
+    """Write ``tables/nod_transfer.csv`` and ``tables/nod_transfer_summary.csv``.
+
+    ``seed`` and ``statistics`` as in `nod_transfer_table`.
+    """
+    table = nod_transfer_table(run, seed, statistics)
     if table.empty:
         return
     atomic_write_csv(run.path("tables", "nod_transfer.csv"), table)

@@ -5,7 +5,8 @@ named ``<method>-from-<source>``, e.g. ``cl-from-subj02``. When *t*'s test image
 that tuned the backbone (the NSD shared images, matched by NSD id), they are dropped from *t*'s
 test part (docs/method.md §1.3), and every baseline it is compared with is scored on the same rows:
 its saved test predictions are re-scored, which needs no refit because the ridge fit never
-sees test rows.
+sees test rows. `compare_results` runs the paired tests of two results (unit: the test image)
+on the rows they share, from the files of the two result folders alone.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from cortexcl.atomic import atomic_save_npy
-from cortexcl.encoding.pipeline import TEST_PREDICTION, TEST_ROWS
+from cortexcl.encoding.pipeline import TEST_PREDICTION, TEST_RESPONSES, TEST_ROWS
 from cortexcl.errors import InputError
 from cortexcl.metrics import pearson_r
+from cortexcl.statistics import N_BOOTSTRAP, N_PERMUTATIONS, ImageComparison, compare_predictions
 
 SOURCE_SEPARATOR = "-from-"
 MATCHED = "matched"
@@ -92,6 +94,74 @@ def matched_baseline(result_dir: Path, baseline: str, fallback: Path) -> np.ndar
         return np.load(matched)
     own = fallback / "voxel_r.npy"
     return np.load(own) if own.is_file() else None
+
+
+def _test_outputs(result_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(test rows, measured responses, predictions) saved in an encoding result folder."""
+    files = [result_dir / name for name in (TEST_ROWS, TEST_RESPONSES, TEST_PREDICTION)]
+    missing = [path.name for path in files if not path.is_file()]
+    if missing:
+        raise InputError(f"{result_dir}: no {', '.join(missing)} (encoded by an older cortexcl?); "
+                         f"encode it again")
+    rows, responses, prediction = (np.load(path) for path in files)
+    if not (responses.shape == prediction.shape and responses.shape[0] == rows.size):
+        raise InputError(f"{result_dir}: test rows, responses and predictions do not match in "
+                         f"shape ({rows.size}, {responses.shape}, {prediction.shape})")
+    return rows, responses, prediction
+
+
+def shared_test_data(result_dir: Path,
+                     baseline_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Measured responses and both results' predictions on the test rows the two share.
+
+    A result that dropped test images (a pooled or transferred backbone) is compared with its
+    baseline on its own remaining rows; rows are taken in the result's order.
+
+    Returns
+    -------
+    responses, prediction, baseline_prediction : numpy.ndarray of shape (n_shared, n_voxels)
+
+    Raises
+    ------
+    InputError
+        If a folder lacks its test outputs, the two results cover different vertices, or
+        their saved responses differ on a shared row (results of different data).
+    """
+    rows, responses, prediction = _test_outputs(result_dir)
+    base_rows, base_responses, base_prediction = _test_outputs(baseline_dir)
+    if responses.shape[1] != base_responses.shape[1]:
+        raise InputError(f"{result_dir}: {responses.shape[1]} vertices, but {baseline_dir} has "
+                         f"{base_responses.shape[1]}")
+    shared = np.isin(rows, base_rows)
+    position = {int(row): i for i, row in enumerate(base_rows)}
+    base = [position[int(row)] for row in rows[shared]]
+    responses = responses[shared]
+    if not np.array_equal(responses, base_responses[base]):
+        raise InputError(f"{result_dir}: its test responses differ from those of {baseline_dir} "
+                         f"on the same images")
+    return responses, prediction[shared], base_prediction[base]
+
+
+def compare_results(result_dir: Path, baseline_dir: Path, *, seed: int,
+                    n_permutations: int = N_PERMUTATIONS,
+                    n_bootstrap: int = N_BOOTSTRAP) -> ImageComparison:
+    """Paired comparison of a result with a baseline on their shared test images.
+
+    Δr (result − baseline, mean over vertices), its bootstrap 95 % interval and the
+    permutation p-value, all with the test image as the unit (see
+    `cortexcl.statistics.compare_predictions`).
+
+    Raises
+    ------
+    InputError
+        As `shared_test_data`, or if fewer than 3 test images are shared.
+    """
+    responses, prediction, baseline = shared_test_data(result_dir, baseline_dir)
+    try:
+        return compare_predictions(responses, prediction, baseline, seed=seed,
+                                   n_permutations=n_permutations, n_bootstrap=n_bootstrap)
+    except InputError as error:
+        raise InputError(f"{result_dir} vs {baseline_dir.name}: {error}") from None
 
 
 def train_image_ids(image_ids: np.ndarray, train: np.ndarray) -> np.ndarray:

@@ -104,8 +104,12 @@ def render_report(results: RunResults, figures: list[ReportFigure], notes: list[
     if groups is not None:
         parts += ["<h3>ROI groups</h3>",
                   "<p class='note'>Per subject, the mean over the ROIs of each group that every "
-                  "backbone has; then mean and SD over subjects, with paired tests across "
-                  "subjects (p_t: paired t test, p_wilcoxon: Wilcoxon signed-rank).</p>",
+                  "backbone has; then mean and SD over subjects, with paired tests whose unit "
+                  "is the subject (p_signflip: exact sign-flip permutation test, p_wilcoxon: "
+                  "Wilcoxon signed-rank, p_t: paired t test; _holm and _bh: Holm and "
+                  "Benjamini–Hochberg adjustments over every hemisphere × group of one "
+                  "comparison and test). With n subjects the exact tests cannot give p below "
+                  "min_p_exact = 2/2ⁿ.</p>",
                   html_table(groups)]
     excluded = results.read_table("excluded.csv")
     if excluded is not None:
@@ -214,7 +218,9 @@ def comparison_frame(table: pd.DataFrame) -> tuple[pd.DataFrame, dict[int, set[s
             if baseline not in methods or method in (BASELINE, baseline):
                 continue
             for column, label in ((f"pct_improved_vs_{baseline}", f"{method} % > {baseline}"),
-                                  (f"p_vs_{baseline}", f"{method} vs {baseline} p")):
+                                  (f"delta_r_vs_{baseline}", f"{method} − {baseline} Δr"),
+                                  (f"p_vs_{baseline}", f"{method} vs {baseline} p"),
+                                  (f"p_holm_vs_{baseline}", f"{method} vs {baseline} Holm p")):
                 if column in indexed:
                     frame[label] = values(column, method)
     best = {}
@@ -237,8 +243,15 @@ def _sort_key(column: pd.Series) -> pd.Series:
 def _comparison(results: RunResults) -> str:
     frame, best = comparison_frame(results.table)
     explanation = ("Mean test Pearson r over each ROI's vertices per backbone (bold: the "
-                   "highest); for tuned backbones the percentage of vertices with a higher r "
-                   "than the baseline and the paired Wilcoxon p over vertices.")
+                   "highest). For tuned backbones against each baseline, on the test images "
+                   "both were scored on: the percentage of vertices with a higher r "
+                   "(descriptive), Δr (mean over vertices of the difference in r), the p-value "
+                   "of a permutation test that swaps the two backbones' predictions image by "
+                   "image (the unit of replication is the test image, not the vertex: "
+                   "vertices share the images and their noise), and that p-value adjusted by "
+                   "Holm over every subject × hemisphere × ROI of the comparison. "
+                   "tables/encoding.csv also has the bootstrap 95 % interval of Δr (over test "
+                   "images) and Benjamini–Hochberg adjusted p-values.")
     return f"<p class='note'>{explanation}</p>\n" + html_table(frame, best)
 
 

@@ -76,7 +76,8 @@ def pooled_vs_cross_scatter(results: RunResults, out_dir: Path) -> ReportFigure 
             row = tests[(tests["method"] == method) & (tests["group"] == "all")]
             if not row.empty:
                 title += f"  (Δ {row.iloc[0]['mean_difference']:+.1f} pp, " \
-                         f"Wilcoxon p {row.iloc[0]['p_wilcoxon']:.2g})"
+                         f"sign-flip p {row.iloc[0]['p_signflip']:.2g}, " \
+                         f"{row.iloc[0]['n_subjects']} subjects)"
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=8, loc="lower right")
     path = save_figure(fig, out_dir / "pooled_vs_cross.png")
@@ -85,8 +86,10 @@ def pooled_vs_cross_scatter(results: RunResults, out_dir: Path) -> ReportFigure 
         "One point per target subject × hemisphere × ROI: x = mean over the other subjects' "
         "CL models of the % of vertices improved over the untuned backbone, y = the same for "
         "the pooled model. Points above the diagonal favour pooling; the title gives the mean "
-        "difference and the paired Wilcoxon p over all entries "
-        "(tables/pooled_vs_cross_tests.csv has the tests per ROI group).")
+        "difference and the exact sign-flip p across target subjects (the differences are "
+        "averaged within each subject first: the unit is the subject, not the point; "
+        "tables/pooled_vs_cross_tests.csv has the Wilcoxon and t tests, the tests per ROI "
+        "group and their Holm and Benjamini–Hochberg adjustments).")
 
 
 def nod_transfer_bars(results: RunResults, out_dir: Path) -> ReportFigure | None:
@@ -118,4 +121,4 @@ def nod_transfer_bars(results: RunResults, out_dir: Path) -> ReportFigure | None
         "backbone and with the NSD backbones of its counterpart ROI (same hemisphere), fit on "
         "the NOD subject's train part, chosen on val, scored on test; bars are means over NSD "
         "source subjects and NOD subjects, whiskers the range. tables/nod_transfer.csv has "
-        "every model with its paired test against untuned.")
+        "every model with its paired test against untuned (unit: the test image).")

@@ -23,6 +23,7 @@ from cortexcl.atomic import atomic_write_json
 from cortexcl.config import NODTransferConfig, StudyConfig
 from cortexcl.data.algonauts import subject_name
 from cortexcl.data.nod import NOD_ROIS, nod_subject_name
+from cortexcl.encoding.pipeline import RESULT_FORMAT
 from cortexcl.evaluation.nod_transfer import nsd_counterpart
 from cortexcl.evaluation.transfer import transfer_method
 
@@ -138,7 +139,8 @@ def plan_jobs(config: StudyConfig, roi_sizes: Callable[[str, str, str], int]) ->
     rois = config.selection.rois
     minimum = config.selection.min_vertices
     common = config.digest("data", "seed", "weights")
-    encoding = config.digest("data", "seed", "weights", "selection", "encoding")
+    encoding = settings_digest(config.digest("data", "seed", "weights", "selection", "encoding"),
+                               RESULT_FORMAT)
     # The MI bound, computed by contrastive encodes.
     evaluation = settings_digest(config.evaluation.mutual_info, config.evaluation.temperature_scan)
     jobs: list[Job] = []

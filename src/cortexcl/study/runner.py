@@ -41,6 +41,7 @@ from cortexcl.models.backbones import load_alexnet, resolve_device
 from cortexcl.models.heads import check_roi_size, check_roi_sizes
 from cortexcl.report import build_report
 from cortexcl.rundir import RunDirectory
+from cortexcl.statistics import derive_seed
 from cortexcl.study.executors import ExecutionReport, make_executor
 from cortexcl.study.jobs import Job, plan_jobs, settings_digest
 from cortexcl.study.probe_jobs import (
@@ -313,11 +314,6 @@ def _saliency(job: Job, context: StudyContext) -> None:
     run_saliency(job, context.run, context.config, context.device, context.progress)
 
 
-def job_seed(seed: int, key: str) -> int:
-    """A seed for one job, derived from the study seed and the job's key."""
-    return int(np.random.SeedSequence([seed, *key.encode()]).generate_state(1)[0])
-
-
 def _pooled_members(context: StudyContext, hemisphere: str, roi: str) -> list[str]:
     """Subjects whose ROI is large enough to take part in its pooled model."""
     minimum = context.config.selection.min_vertices
@@ -350,7 +346,7 @@ def _tuning_setup(job: Job, context: StudyContext) -> tuple[torch.nn.Module, lis
         responses = subject.responses(job.hemisphere, job.roi)
         check_roi_size(responses.shape[1], minimum, f"{name} {job.hemisphere} {job.roi}")
         data.append(TrainingSet(name, subject.images, responses, split.train, split.val))
-    seed = job_seed(config.seed, job.key)
+    seed = derive_seed(config.seed, job.key)
     backbone = load_alexnet(config.weights, seed=config.seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -519,7 +515,7 @@ def _mutual_info(job: Job, context: StudyContext, model_dir: Path,
     # A common K for comparisons across subjects: the smallest test part of the study.
     common_k = min(len(test[0]), *(len(context.split(context.subject(name)).test)
                                    for name in map(subject_name, context.config.data.subjects)))
-    rng = np.random.default_rng(job_seed(context.config.seed, f"mi/{job.key}"))
+    rng = np.random.default_rng(derive_seed(context.config.seed, f"mi/{job.key}"))
     result = {"mi_bits": infonce_bound(*test, settings.temperature),
               "mi_bits_modality_bn": infonce_bound(*own, settings.temperature),
               "mi_log2_k": float(np.log2(len(test[0]))), "mi_temperature": settings.temperature,
@@ -543,7 +539,7 @@ def _aggregate(job: Job, context: StudyContext) -> None:
     encoding = write_tables(context.run, context.config)
     evaluation = context.config.evaluation
     if evaluation.nod_transfer is not None:
-        write_nod_tables(context.run)
+        write_nod_tables(context.run, context.config.seed, evaluation.statistics)
     if evaluation.classification is not None:
         write_probe_tables(context.run)
     if evaluation.cross_subject:
