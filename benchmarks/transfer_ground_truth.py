@@ -102,7 +102,7 @@ def main() -> None:
                                         weights=weights, method=name, seed=args.seed,
                                         settings=EncodingConfig(
                                             n_components=args.n_components),
-                                        progress=False, exclude_test_ids=excluded)
+                                        progress=False, exclude_ids=excluded)
     result = {
         "setup": {**vars(args), "out": str(out), "n_test": int(encoded["n_test"].iloc[0]),
                   "n_test_dropped": int(encoded["n_test_dropped"].iloc[0])},

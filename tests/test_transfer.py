@@ -21,7 +21,7 @@ from cortexcl.encoding.pipeline import (
     TEST_PREDICTION,
     TEST_RESPONSES,
     TEST_ROWS,
-    without_test_images,
+    without_images,
 )
 from cortexcl.errors import InputError
 from cortexcl.evaluation.cross_subject import (
@@ -50,13 +50,13 @@ def test_transfer_names_round_trip():
     assert split_transfer("untuned") == ("untuned", None)
 
 
-def test_without_test_images_drops_exactly_the_listed_ids():
-    split = Split(train=[0, 1, 2], val=[3], test=[4, 5, 6, 7], seed=0, protocol="clean")
-    ids = np.array([10, 11, 12, 13, 14, 15, 16, 17])
-    reduced, dropped = without_test_images(split, ids, np.array([15, 17, 99, 10]))
-    assert reduced.test.tolist() == [4, 6]
-    assert dropped == 2
-    assert reduced.train.tolist() == [0, 1, 2] and reduced.val.tolist() == [3]
+def test_without_images_drops_exactly_the_listed_ids_from_val_and_test():
+    split = Split(train=[0, 1, 2], val=[3, 8], test=[4, 5, 6, 7], seed=0, protocol="clean")
+    ids = np.array([10, 11, 12, 13, 14, 15, 16, 17, 18])
+    reduced, dropped, val_dropped = without_images(split, ids, np.array([15, 17, 99, 10, 13]))
+    assert reduced.test.tolist() == [4, 6] and dropped == 2
+    assert reduced.val.tolist() == [8] and val_dropped == 1
+    assert reduced.train.tolist() == [0, 1, 2]  # the target's own training images stay
 
 
 def _result(folder: Path, rows: np.ndarray, prediction: np.ndarray) -> Path:
@@ -258,6 +258,10 @@ def test_cross_subject_results_drop_the_models_tuning_images(full_study):
     assert cross["n_test_dropped"].sum() > 0
     pooled = encoding.xs("pooled-avg", level="method")
     assert (pooled["n_test_dropped"] >= 0).all()
+    # Other members' tuning images also leave the val part (selection never sees them).
+    untuned_rows = encoding.xs("untuned", level="method").loc[pooled.index]
+    assert (pooled["n_val"] + pooled["n_val_dropped"] == untuned_rows["n_val"]).all()
+    assert (pooled["n_test"] + pooled["n_test_dropped"] == untuned_rows["n_test"]).all()
     # The pooled backbone is compared with untuned on its own test images only.
     assert (pooled["n_test_vs_untuned"] == pooled["n_test"]).all()
     for subject in ("subj01", "subj02"):

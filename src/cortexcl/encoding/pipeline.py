@@ -66,19 +66,25 @@ def order_columns(table: pd.DataFrame) -> pd.DataFrame:
     return table[first + sorted(c for c in table.columns if c not in first)]
 
 
-def without_test_images(split: Split, image_ids: np.ndarray,
-                        excluded_ids: np.ndarray) -> tuple[Split, int]:
-    """The split with every test image whose id is in ``excluded_ids`` removed.
+def without_images(split: Split, image_ids: np.ndarray,
+                   excluded_ids: np.ndarray) -> tuple[Split, int, int]:
+    """The split with every val and test image whose id is in ``excluded_ids`` removed.
+
+    A backbone tuned on other subjects' images must neither be selected (val) nor scored
+    (test) on them; its train part is the target's own and stays whole.
 
     Returns
     -------
-    split, n_dropped
-        The reduced split (train and val unchanged) and the number of test images dropped.
+    split, n_test_dropped, n_val_dropped
+        The reduced split and the numbers of test and val images dropped.
     """
-    keep = ~np.isin(np.asarray(image_ids)[split.test], np.asarray(excluded_ids))
-    reduced = Split(split.train, split.val, split.test[keep], split.seed, split.protocol,
-                    split.folds)
-    return reduced, int(keep.size - keep.sum())
+    ids, excluded = np.asarray(image_ids), np.asarray(excluded_ids)
+    keep_test = ~np.isin(ids[split.test], excluded)
+    keep_val = ~np.isin(ids[split.val], excluded)
+    reduced = Split(split.train, split.val[keep_val], split.test[keep_test], split.seed,
+                    split.protocol, split.folds)
+    return (reduced, int(keep_test.size - keep_test.sum()),
+            int(keep_val.size - keep_val.sum()))
 
 
 def record_split(run: RunDirectory, subject: Subject, seed: int, protocol: str) -> Split:
@@ -117,7 +123,7 @@ def encode_subject(
     min_vertices: int = 20,
     device: str | torch.device | None = None,
     progress: bool = True,
-    exclude_test_ids: np.ndarray | None = None,
+    exclude_ids: np.ndarray | None = None,
     shared: Mapping[tuple[str, str], tuple[str, float]] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Fit encoding models for every requested ROI of one subject with one backbone.
@@ -155,9 +161,10 @@ def encode_subject(
         Where the backbone runs; the GPU when one is present.
     progress : bool
         Show progress bars.
-    exclude_test_ids : array of int, optional
-        Image ids (NSD ids) to drop from the test part: the images another subject's data
-        tuned the backbone with (docs/method.md §1.3, shared NSD images). The count is recorded.
+    exclude_ids : array of int, optional
+        Image ids (NSD ids) to drop from the val and test parts: the images another subject's
+        data tuned the backbone with (docs/method.md §1.3, shared NSD images). The counts are
+        recorded (``n_test_dropped``, ``n_val_dropped``).
     shared : mapping, optional
         With ``settings.selection == "shared-untuned"``: ``{(hemisphere, roi): (layer, α)}``
         chosen on the untuned backbone (see `read_shared_selection`). Without it, this is the
@@ -175,16 +182,17 @@ def encode_subject(
     settings = settings or EncodingConfig()
     roi_names = subject.expand_rois(rois)
     split = record_split(run, subject, seed, settings.protocol)
-    n_dropped = 0
-    if exclude_test_ids is not None:
-        split, n_dropped = without_test_images(split, subject.image_ids, exclude_test_ids)
+    n_dropped = n_val_dropped = 0
+    if exclude_ids is not None:
+        split, n_dropped, n_val_dropped = without_images(split, subject.image_ids, exclude_ids)
     backbone = load_alexnet(weights, seed=seed)
     weights_label = describe_weights(weights, seed=seed)
     context = {"weights": weights_label, "initial_weights": initial_weights(weights, seed),
                "protocol": settings.protocol, "seed": seed, "refit": settings.refit,
                "alpha_grid": settings.alpha_grid, "standardize": settings.standardize,
                "n_train": len(split.train), "n_val": len(split.val), "n_test": len(split.test),
-               "n_test_dropped": n_dropped, "data_hash": subject.data_hash()}
+               "n_test_dropped": n_dropped, "n_val_dropped": n_val_dropped,
+               "data_hash": subject.data_hash()}
     rows, excluded = [], []
     with tempfile.TemporaryDirectory(dir=run.root, prefix=".features-") as feature_dir:
         features = extract_features(backbone, subject.images, batch_size=settings.batch_size,

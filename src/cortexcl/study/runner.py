@@ -23,7 +23,7 @@ from cortexcl.encoding.pipeline import (
     encode_subject,
     read_shared_selection,
     record_split,
-    without_test_images,
+    without_images,
 )
 from cortexcl.evaluation.cross_subject import CROSS_SUBJECT, write_cross_subject_tables
 from cortexcl.evaluation.mutual_info import (
@@ -450,7 +450,7 @@ def _tuning_image_ids(context: StudyContext, job: Job) -> np.ndarray:
 
 def _encode_with(context: StudyContext, subject: Subject, run: RunDirectory, weights: Any,
                  method: str, hemispheres: list[str], rois: list[str],
-                 exclude_test_ids: np.ndarray | None,
+                 exclude_ids: np.ndarray | None,
                  untuned: RunDirectory | None = None) -> tuple[Any, Any]:
     """Encode with the study's settings; under selection P-A a tuned backbone uses the layer
     and α the untuned backbone chose (its results in ``untuned``, default the run)."""
@@ -462,7 +462,7 @@ def _encode_with(context: StudyContext, subject: Subject, run: RunDirectory, wei
     return encode_subject(
         subject, run, hemispheres=hemispheres, rois=rois, weights=weights, method=method,
         seed=config.seed, settings=config.encoding, min_vertices=config.selection.min_vertices,
-        device=context.device, progress=context.progress, exclude_test_ids=exclude_test_ids,
+        device=context.device, progress=context.progress, exclude_ids=exclude_ids,
         shared=shared)
 
 
@@ -476,10 +476,10 @@ def _write_matched(context: StudyContext, run: RunDirectory, subject: Subject, j
 
 
 def _mutual_info(job: Job, context: StudyContext, model_dir: Path,
-                 exclude_test_ids: np.ndarray | None) -> None:
+                 exclude_ids: np.ndarray | None) -> None:
     """InfoNCE bound (bits) of a contrastive model on the subject's test pairs.
 
-    Test pairs whose image id is in ``exclude_test_ids`` (images other subjects tuned a
+    Test and val pairs whose image id is in ``exclude_ids`` (images other subjects tuned a
     pooled model with) are left out.
 
     ``mi_bits`` embeds in eval mode with the head's running statistics (docs/method.md §7.1);
@@ -504,8 +504,8 @@ def _mutual_info(job: Job, context: StudyContext, model_dir: Path,
 
     subject = context.subject(job.subject)
     split = context.split(subject)
-    if exclude_test_ids is not None:
-        split, _ = without_test_images(split, subject.image_ids, exclude_test_ids)
+    if exclude_ids is not None:
+        split, _, _ = without_images(split, subject.image_ids, exclude_ids)
     test = embed(split.test)
     own = embed_pairs_with_modality_statistics(
         model, (target.images.batches(split.train, batch, context.device),
@@ -525,8 +525,8 @@ def _mutual_info(job: Job, context: StudyContext, model_dir: Path,
     if context.config.evaluation.temperature_scan:
         # Clean: β chosen on val, the bound on test. Paper (no val part): β chosen on the
         # reported test pairs themselves, as published, and labelled optimistic.
-        clean = len(target.val) > 1
-        beta, _ = select_temperature_on_val(*(embed(target.val) if clean else test),
+        clean = len(split.val) > 1  # without images other pooled members tuned with
+        beta, _ = select_temperature_on_val(*(embed(split.val) if clean else test),
                                             base=settings.temperature)
         result.update(mi_scan_beta=beta,
                       mi_scan_bits=infonce_bound(*test, settings.temperature * beta),
