@@ -226,10 +226,11 @@ def encode_subject(
                                                            "alpha_grid": settings.alpha_grid})
                 nc = None if ceiling is None else ceiling[columns]
                 # r is 0 where the measured or predicted test responses are constant: count them.
-                constant = (np.ptp(responses[np.asarray(split.test)][:, columns], axis=0) == 0) \
+                test_responses = roi_responses[split.test]
+                constant = (np.ptp(test_responses, axis=0) == 0) \
                     | (np.ptp(model.predictions_, axis=0) == 0)
                 rows.append(_write_result(run, subject, hemisphere, roi, method, model, nc,
-                                          split.test, roi_responses[split.test],
+                                          split.test, test_responses,
                                           {**context, **subject.data_notes(hemisphere),
                                            "n_constant": int(constant.sum())}))
     return pd.DataFrame(rows), pd.DataFrame(excluded)
