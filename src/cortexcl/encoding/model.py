@@ -752,20 +752,23 @@ class EncodingModel:
         """Mean over voxels of the val r (each voxel at its α) under every val resample.
 
         ``counts`` (n_boot, n_val) says how often each val image is drawn; r is the weighted
-        Pearson correlation with those counts as weights. Returns (n_boot,) float64.
+        Pearson correlation with those counts as weights (the intercept does not change r).
+        Returns (n_boot,) float64.
         """
-        shared, mean = _ridge_coefficients(basis, _take_rows(y, part.fit))
+        shared, _ = _ridge_coefficients(basis, _take_rows(y, part.fit))
         scale = self._alpha_unit(basis)
         alpha = torch.from_numpy(alphas[best] * scale).to(device=y.device, dtype=shared.dtype)
-        p = (_ridge_predict(basis, shared, alpha) + mean).double().cpu()
-        t = _take_rows(y, part.other).double().cpu()
-        w = counts / counts.sum(dim=1, keepdim=True)
+        # Centred on the unweighted mean first, so that float32 sums stay accurate.
+        p = _ridge_predict(basis, shared, alpha).float().cpu()
+        t = _take_rows(y, part.other).float().cpu()
+        p, t = p - p.mean(dim=0), t - t.mean(dim=0)
+        w = (counts / counts.sum(dim=1, keepdim=True)).float()
         mp, mt = w @ p, w @ t
         cov = w @ (p * t) - mp * mt
         var_p, var_t = (w @ (p * p) - mp**2).clamp_min(0), (w @ (t * t) - mt**2).clamp_min(0)
         denominator = (var_p * var_t).sqrt()
         r = torch.where(denominator > 0, cov / denominator, torch.zeros_like(cov))
-        return r.clamp(-1, 1).mean(dim=1).numpy()
+        return r.clamp(-1, 1).mean(dim=1, dtype=torch.float64).numpy()
 
     def _final_fit_rows(self, split: Split, loaded: np.ndarray) -> np.ndarray:
         return split.train if self.refit == "train" else loaded
