@@ -57,18 +57,22 @@ def refused(monkeypatch, capsys, *args: str | Path) -> str:
     return lines[0]
 
 
-def test_encodes_of_other_backbones_share_a_run_and_keep_their_names(tmp_path, data_root):
+def test_encodes_of_other_backbones_share_a_run_and_are_compared(tmp_path, data_root):
     out = tmp_path / "run"
-    for method in ("untuned", "NA", "NA"):
+    for method in ("untuned", "random-2", "random-2"):  # the same random init: a null
         result = encode(data_root, out, "--method", method)
         assert result.exit_code == 0, result.output
     table = read_table(out / "tables" / "encoding.csv")
-    assert table["method"].tolist() == ["untuned", "NA"]  # NA replaced, not duplicated
+    assert table["method"].tolist() == ["random-2", "untuned"]  # replaced, not duplicated
+    # An encode run compares its backbones like a study (image-unit test, Holm / BH).
+    other = table.set_index("method").loc["random-2"]
+    assert other["p_unit"] == "test image" and other["delta_r_vs_untuned"] == 0.0
+    assert other["p_vs_untuned"] == 1.0
     identity = json.loads((out / "run.json").read_text())
     assert identity["kind"] == "encode" and "backbones" not in identity["settings"]
     build_report(out, surfaces=False)
     page = (out / "report.html").read_text()
-    assert ">NA<" in page and ">nan<" not in page
+    assert ">random-2<" in page and ">nan<" not in page
 
 
 def test_another_configuration_is_refused_unless_fresh(tmp_path, data_root, monkeypatch,

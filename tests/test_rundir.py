@@ -82,10 +82,16 @@ def test_a_run_directory_belongs_to_one_study(tmp_path):
     assert json.loads(run.path("run.json").read_text()) == STUDY_B
 
 
-def test_a_foreign_folder_is_not_taken_over(tmp_path):
+def test_a_foreign_folder_is_not_taken_over_even_with_fresh(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(InputError, match="folder is not empty and holds no cortexcl run"):
-        RunDirectory(tmp_path).check_identity(STUDY_A)
+    for fresh in (False, True):
+        with pytest.raises(InputError, match="folder is not empty and holds no cortexcl run "
+                                             r"\(run.json missing\); choose another --out$"):
+            RunDirectory(tmp_path).check_identity(STUDY_A, fresh=fresh)
+        with pytest.raises(InputError, match="holds no cortexcl run"), \
+                RunDirectory(tmp_path).create(STUDY_A, fresh=fresh):
+            pass
+    assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def test_unwritable_place_is_refused_before_anything_is_created(tmp_path):

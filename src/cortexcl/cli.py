@@ -8,6 +8,7 @@ from typing import Annotated
 
 import pandas as pd
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -179,14 +180,19 @@ def demo(
 
 def print_summary(table: pd.DataFrame, title: str, every_column: bool = False) -> None:
     """Print the per-ROI summary table of a run on the terminal."""
-    grid = Table(title=title)
+    # Numbers are never cut: a column is at least as wide as its widest value (a narrow
+    # terminal wraps the headers onto several lines instead).
+    grid = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
     preferred = ["subject", "hemisphere", "roi", "method", "n_vertices", "best_layer", "mean_r",
                  "median_r", "mean_nc_score"]
     columns = list(table.columns) if every_column else [c for c in preferred if c in table]
-    for column in columns:
-        grid.add_column(column, justify="right" if table[column].dtype.kind in "fiu" else "left")
-    for _, row in table.iterrows():
-        grid.add_row(*(_format(row[c]) for c in columns))
+    cells = [[_format(row[c]) for c in columns] for _, row in table.iterrows()]
+    for i, column in enumerate(columns):
+        widest = max([len(row[i]) for row in cells] + [min(len(column), 6)])
+        grid.add_column(column, justify="right" if table[column].dtype.kind in "fiu" else "left",
+                        min_width=widest, overflow="fold")
+    for row in cells:
+        grid.add_row(*row)
     stdout.print(grid)
 
 
@@ -206,8 +212,14 @@ def _finish_study(out: Path, report) -> None:
     tables = out / "tables" / "encoding.csv"
     if tables.is_file():
         table = read_table(tables)
-        print_summary(comparison_table(table), f"Mean test r per ROI ({tables})",
+        wide = comparison_table(table)
+        rt = [c for c in wide.columns if "RT" in c]  # CL vs RT: a table of its own (width)
+        print_summary(wide.drop(columns=rt), f"Mean test r per ROI, CL vs untuned ({tables}); "
+                      "p: permutation over test images, Holm over the table's ROIs",
                       every_column=True)
+        if rt:
+            keys = [c for c in ("subject", "hemisphere", "roi") if c in wide]
+            print_summary(wide[keys + rt], "CL vs RT", every_column=True)
         _warn(table)
     stdout.print(f"jobs: {len(report.done)} done, {len(report.skipped)} already done, "
                  f"{len(report.failed)} failed, {len(report.blocked)} blocked")
@@ -231,6 +243,10 @@ def _warn(table: pd.DataFrame) -> None:
     if any(is_random_init(label) for label in labels.dropna()):
         _announce("note: these backbones started from random weights (weights: none), not "
                   "ImageNet: the numbers show the pipeline, not the published science")
+    if "n_constant" in table and (table["n_constant"] > 0).any():
+        _announce(f"note: {int(table['n_constant'].sum())} vertices have constant measured or "
+                  "predicted test responses and count as r = 0 in their ROI's mean (column "
+                  "n_constant)")
     for edge in ("low", "high"):
         column = f"pct_alpha_at_{edge}_edge"
         if column in table and (table[column] > ALPHA_EDGE_WARNING).any():

@@ -119,20 +119,22 @@ class RunDirectory:
             ``{"kind": "study" | "encode", "settings": {...}}``: what makes the run itself
             (for a study, its whole configuration but the executor).
         fresh : bool
-            The caller asked to start over: the old contents will be removed by `create`.
+            The caller asked to start over: the old contents of a cortexcl run directory will
+            be removed by `create` (a folder that holds no run is still refused).
 
         Raises
         ------
         InputError
             Naming the run directory and the first settings that differ.
         """
-        if fresh:
-            return
         recorded = self.identity()
         if recorded is None:
+            # --fresh never empties a folder that is not a cortexcl run: it may be anything.
             if self.root.is_dir() and any(p.name != LOCK for p in self.root.iterdir()):
                 raise InputError(f"{self.root}: folder is not empty and holds no cortexcl run "
-                                 f"({IDENTITY} missing); choose another --out or pass --fresh")
+                                 f"({IDENTITY} missing); choose another --out")
+            return
+        if fresh:
             return
         if recorded == _jsonable(identity):
             return
@@ -166,7 +168,8 @@ class RunDirectory:
         except OSError as error:
             raise InputError(f"{self.root}: cannot write ({error.strerror or error})") from None
         with self.lock():
-            if fresh:
+            self.check_identity(identity, fresh=fresh)
+            if fresh and self.identity() is not None:
                 for item in self.root.iterdir():
                     if item.name != LOCK:
                         (shutil.rmtree if item.is_dir() and not item.is_symlink()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
@@ -13,8 +14,9 @@ from cortexcl.config import EncodingConfig, load_config
 from cortexcl.data.algonauts import load_subject, subject_name
 from cortexcl.data.rois import HEMISPHERES, expand_rois
 from cortexcl.data.splits import check_split, make_splits
-from cortexcl.encoding.pipeline import TABLE_KEY, encode_subject, order_columns
+from cortexcl.encoding.pipeline import TABLE_KEY, encode_subject
 from cortexcl.errors import InputError
+from cortexcl.evaluation.single_subject import write_tables
 from cortexcl.models.backbones import describe_weights, load_alexnet, resolve_device
 from cortexcl.models.heads import check_roi_sizes
 from cortexcl.rundir import RunDirectory
@@ -53,7 +55,8 @@ def encode(
     Returns
     -------
     pandas.DataFrame
-        One row per encoded (hemisphere, ROI).
+        The run's ``tables/encoding.csv``: one row per backbone × hemisphere × ROI encoded in
+        this run directory so far, with the comparisons of `write_tables`.
 
     Raises
     ------
@@ -63,16 +66,19 @@ def encode(
         before anything is created or written.
     """
     settings = settings or EncodingConfig()
+    check_method_name(method)
     roi_names = expand_rois(rois, option="--roi")  # bad options fail before any data is read
     check_encode_options(hemispheres, min_vertices=min_vertices, image_size=image_size,
                          device=device)
     run = RunDirectory(out)
     run.check_writable()
     run.check_free()
+    # The identity of the run: equivalent spellings (ROI order or case, a relative data path)
+    # are the same run.
     recorded = {
-        "data": {"root": str(data_root), "subject": subject_name(subject),
+        "data": {"root": str(Path(data_root).resolve()), "subject": subject_name(subject),
                  "image_size": image_size},
-        "encoding": {"hemispheres": list(hemispheres), "rois": _as_list(rois),
+        "encoding": {"hemispheres": sorted(set(hemispheres)), "rois": sorted(roi_names),
                      "min_vertices": min_vertices, **settings.model_dump(mode="json")},
         "seed": seed,
     }
@@ -106,9 +112,8 @@ def encode(
             run.upsert_table("excluded", excluded, TABLE_KEY)
             announce(f"{len(excluded)} ROI(s) left out for size: see {run.path('tables')}/"
                      "excluded.csv")
-        if not encoded.empty:
-            run.upsert_table("encoding", order_columns(encoded), TABLE_KEY)
-        return encoded
+        # The run's tables, with every backbone compared with the untuned (and RT) one.
+        return write_tables(run) if not encoded.empty else encoded
 
 
 def _recorded_backbones(run: RunDirectory) -> dict[str, str]:
@@ -157,5 +162,23 @@ def check_encode_options(hemispheres: Sequence[str], *, min_vertices: int, image
     resolve_device(device)
 
 
-def _as_list(value: str | Sequence[str]) -> list[str]:
-    return [value] if isinstance(value, str) else list(value)
+_METHOD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
+# What pandas and other CSV readers take for a missing value: never a backbone's name.
+_MISSING_WORDS = {"na", "n/a", "nan", "null", "none", "nil", "-nan", "<na>", "#n/a"}
+
+
+def check_method_name(name: str, option: str = "--method") -> None:
+    """Refuse a backbone name that is not a plain folder name or reads as a missing value.
+
+    Raises
+    ------
+    InputError
+        For an empty name, a path (``/``, ``..``), characters other than letters, digits and
+        ``_ . + -``, or a word such as ``NA`` that CSV readers turn into a missing value.
+    """
+    if not _METHOD_NAME.fullmatch(name) or ".." in name:
+        raise InputError(f"{option}: {name!r} is not a backbone name (letters, digits and "
+                         "_ . + - only, starting with a letter or digit, at most 64)")
+    if name.lower() in _MISSING_WORDS:
+        raise InputError(f"{option}: {name!r} reads as a missing value in CSV tables; choose "
+                         "another name")

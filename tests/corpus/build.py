@@ -329,7 +329,7 @@ def _(folder: Path) -> None:
     _ncsnr(folder, [np.nan, np.nan])
 
 
-@case("ncsnr-negative", ENCODE, f"{SUBJECT}/ground_truth/lh_ncsnr.npy", "1 negative entries")
+@case("ncsnr-negative", ENCODE, f"{SUBJECT}/ground_truth/lh_ncsnr.npy", "1 negative entry;")
 def _(folder: Path) -> None:
     """One lh noise-ceiling SNR is negative."""
     _ncsnr(folder, [-0.2])
@@ -606,6 +606,11 @@ case("alpha-grid-unknown", _option("--alpha-grid", "log"), "--alpha-grid",
      "'relative' or 'absolute'", "got 'log'")(_valid)
 case("device-unknown", _option("--device", "abacus"), "--device",
      "unknown device 'abacus'")(_valid)
+case("method-path", _option("--method", "../../escaped"), "--method",
+     "'../../escaped' is not a backbone name")(_valid)
+case("method-empty", _option("--method", ""), "--method", "'' is not a backbone name")(_valid)
+case("method-missing-word", _option("--method", "NA"), "--method",
+     "'NA' reads as a missing value")(_valid)
 case("weights-missing", _option("--weights", "{case}/alexnet.pt"), "{case}/alexnet.pt",
      "weights file not found")(_valid)
 

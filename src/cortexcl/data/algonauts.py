@@ -311,11 +311,13 @@ class Subject:
                 f"{self._n_vertices[hemisphere]} columns"
             )
         if not np.issubdtype(ncsnr.dtype, np.number) or not np.all(np.isfinite(ncsnr)):
-            raise InputError(f"{ncsnr_path}: {int(np.sum(~np.isfinite(ncsnr)))} entries are NaN "
-                             "or infinite; ncsnr must be finite and >= 0")
+            bad = int(np.sum(~np.isfinite(ncsnr)))
+            raise InputError(f"{ncsnr_path}: {bad} {'entry is' if bad == 1 else 'entries are'} "
+                             "NaN or infinite; ncsnr must be finite and >= 0")
         if np.any(ncsnr < 0):
-            raise InputError(f"{ncsnr_path}: {int(np.sum(ncsnr < 0))} negative entries; ncsnr "
-                             "must be >= 0")
+            bad = int(np.sum(ncsnr < 0))
+            raise InputError(f"{ncsnr_path}: {bad} negative {'entry' if bad == 1 else 'entries'}"
+                             "; ncsnr must be >= 0")
         if repeats.shape != (self.n_images,):
             raise InputError(
                 f"{repeats_path}: shape {repeats.shape} but there are {self.n_images} images"

@@ -122,7 +122,8 @@ def _decode_image(path: Path, size: int, fit: str = "stretch") -> np.ndarray:
     try:
         rgb = load_rgb8(path)
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
-        raise InputError(f"{path}: cannot decode image ({error})") from None
+        reason = str(error).replace(f"'{path}'", "").replace(str(path), "").strip(" :")
+        raise InputError(f"{path}: cannot decode image ({reason})") from None
     if fit == "crop" and rgb.width != rgb.height:
         rgb = transforms.CenterCrop(size)(transforms.Resize(size)(rgb))
     elif rgb.size != (size, size):

@@ -57,15 +57,6 @@ def read_shared_selection(run: RunDirectory, subject: str, hemispheres: Sequence
     return pairs
 
 
-def order_columns(table: pd.DataFrame) -> pd.DataFrame:
-    """A results table with its key columns first, then the others in name order.
-
-    `cortexcl encode` and `cortexcl run` write ``encoding.csv`` in this one order.
-    """
-    first = [column for column in TABLE_KEY if column in table]
-    return table[first + sorted(c for c in table.columns if c not in first)]
-
-
 def without_images(split: Split, image_ids: np.ndarray,
                    excluded_ids: np.ndarray) -> tuple[Split, int, int]:
     """The split with every val and test image whose id is in ``excluded_ids`` removed.
@@ -188,7 +179,9 @@ def encode_subject(
     backbone = load_alexnet(weights, seed=seed)
     weights_label = describe_weights(weights, seed=seed)
     context = {"weights": weights_label, "initial_weights": initial_weights(weights, seed),
-               "protocol": settings.protocol, "seed": seed, "refit": settings.refit,
+               "protocol": settings.protocol, "seed": seed,
+               # The paper protocol's final fit is the 85 % tuning split (its train part).
+               "refit": settings.refit if settings.protocol == "clean" else "train",
                "alpha_grid": settings.alpha_grid, "standardize": settings.standardize,
                "n_train": len(split.train), "n_val": len(split.val), "n_test": len(split.test),
                "n_test_dropped": n_dropped, "n_val_dropped": n_val_dropped,

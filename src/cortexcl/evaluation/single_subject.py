@@ -26,7 +26,6 @@ import pandas as pd
 from cortexcl.atomic import atomic_write_csv
 from cortexcl.config import StatisticsConfig, StudyConfig
 from cortexcl.data.rois import ROI_GROUPS
-from cortexcl.encoding.pipeline import order_columns
 from cortexcl.evaluation.transfer import compare_results
 from cortexcl.rundir import RunDirectory, read_table
 from cortexcl.statistics import (
@@ -104,7 +103,9 @@ def collect_results(run: RunDirectory, methods: Sequence[str] | None = None, see
             table[f"{name}_vs_{baseline}"] = values if name != "n_test" else pd.array(
                 values, dtype="Int64")
         adjust_families(table, [f"p_vs_{baseline}"], by=["method"])
-    return order_columns(table).sort_values([*ENTRY, "method"], ignore_index=True)
+    first = [*ENTRY, "method"]  # key columns first, the others in their order
+    table = table[first + [c for c in table.columns if c not in first]]
+    return table.sort_values(first, ignore_index=True)
 
 
 def group_summary(table: pd.DataFrame) -> pd.DataFrame:

@@ -120,11 +120,13 @@ def render_report(results: RunResults, figures: list[ReportFigure], notes: list[
                   "<p class='note'>InfoNCE lower bound on I(image; ROI response) in bits on the "
                   "test pairs (docs/method.md §7.1); it cannot exceed log2 K (mi_log2_k) for K "
                   "test pairs, and mi_bits_common_k evaluates every model at the study's "
-                  "smallest K so that subjects compare. mi_bits embeds in eval mode, where the "
+                  "smallest K so that subjects compare. The estimate is log2 K minus the test "
+                  "InfoNCE loss: it is negative whenever the model matches test pairs worse "
+                  "than chance, i.e. the matching it learned does not generalise (the true "
+                  "information is never negative). mi_bits embeds in eval mode, where the "
                   "head's BatchNorm running statistics blend images and responses (as "
-                  "published): it can be negative, a sign of that blending rather than of "
-                  "negative information. mi_bits_modality_bn re-estimates each modality's "
-                  "statistics on the train pairs.</p>",
+                  "published), which can lower it further; mi_bits_modality_bn re-estimates "
+                  "each modality's statistics on the train pairs.</p>",
                   html_table(mutual_info)]
     parts += ["<h2>Figures</h2>", *(_figure(f) for f in figures)]
     if notes:
