@@ -383,7 +383,7 @@ def layer_matrix(results: RunResults, out_dir: Path, subject: str) -> ReportFigu
         ax.set_xticks(range(len(layers)), layers, rotation=60, ha="right", fontsize=9)
         ax.set_yticks(range(len(entries)), [f"{h} {r}" for h, r in entries], fontsize=9)
         ax.set_xlabel("candidate layer")
-        ax.set_title(method, fontsize=11)
+        ax.set_title(f"{method} (outlined: chosen layer)", fontsize=11)
     axes[0].set_ylabel("hemisphere, ROI")
     colorbar = fig.colorbar(ScalarMappable(norm=norm, cmap="viridis"), ax=list(axes),
                             shrink=0.8)
@@ -437,8 +437,9 @@ def training_curves(results: RunResults, out_dir: Path, subject: str) -> ReportF
             for part, batch in sorted(chance):
                 ax.axhline(np.log(batch), color="grey", linewidth=1,
                            linestyle=":" if part == "train" else "-.")
-                ax.annotate(f"chance, {part} batch {batch}", (0.01, np.log(batch)), fontsize=7,
-                            color="grey", xycoords=("axes fraction", "data"), va="bottom")
+                ax.annotate(f"chance, {part} batch {batch}", (0.99, np.log(batch)), fontsize=7,
+                            color="grey", xycoords=("axes fraction", "data"), ha="right",
+                            va="top")
             ax.set_title(f"{method}, {hemisphere}", fontsize=10)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("epoch")
@@ -557,9 +558,12 @@ def surface_values(results: RunResults, data, subject: str
                 if method in values and BASELINE in values:
                     deltas[method].add(hemisphere, vertices[keep],
                                        (values[method] - values[BASELINE])[keep])
-        counts.append(f"{hemisphere}: {len(outside)} vertices beyond fsaverage5 dropped, "
-                      f"{int(np.sum(members > 1))} in several ROIs (averaged)")
-    notes.append(f"Surface maps of {subject} ({', '.join(rois)}): {'; '.join(counts)}.")
+        shared = int(np.sum(members > 1))
+        if len(outside) or shared:
+            counts.append(f"{hemisphere}: {len(outside)} vertices beyond fsaverage5 dropped, "
+                          f"{shared} in several ROIs (averaged)")
+    notes.append(f"Surface maps of {subject} ({', '.join(rois)})"
+                 + (f": {'; '.join(counts)}." if counts else "."))
     return ({m: v.means() for m, v in maps.items() if v.has_values()},
             {m: v.means() for m, v in deltas.items() if v.has_values()}, notes)
 
@@ -597,7 +601,7 @@ def surface_maps(results: RunResults, out_dir: Path, subject: str,
     hemispheres = next(iter(r_maps.values())).keys()
     mesh = {h: (fsaverage["inflated"].parts[_PART[h]], np.asarray(sulcal.data.parts[_PART[h]]))
             for h in hemispheres}
-    counts = notes[-1].split(": ", 1)[1]
+    counts = notes[-1].split(": ", 1)[1] if ": " in notes[-1] else ""
     figures = []
     for kind, group, label in (("r", r_maps, "test r"), ("delta", delta_maps, "Δr")):
         if not group:
@@ -606,6 +610,9 @@ def surface_maps(results: RunResults, out_dir: Path, subject: str,
         # extreme vertex does not wash out the rest (beyond it, colours saturate).
         every = np.concatenate([v[np.abs(v) > ZERO_THRESHOLD] for values in group.values()
                                 for v in values.values()])
+        if not every.size:
+            notes.append(f"No {label} maps: every value is 0 (identical backbones?).")
+            continue
         limit = float(np.percentile(np.abs(every), 99)) if every.size else 1.0
         limit = limit or 1.0
         # r maps that are (at least 99 %) positive use a sequential scale from 0, rarer negative
@@ -659,7 +666,7 @@ def _draw_surface(values: dict[str, np.ndarray], mesh: dict, scale: tuple[float,
                 threshold=ZERO_THRESHOLD, vmin=vmin, vmax=vmax, symmetric_cbar=vmin < 0,
                 colorbar=False, axes=ax, figure=fig)
             ax.set_box_aspect(None, zoom=1.35)
-            ax.set_title(f"{hemisphere} {view_name}", fontsize=9, y=0.92)
+            ax.set_title(f"{hemisphere} {view_name}", fontsize=9, y=1.04)
     fig.subplots_adjust(left=0, right=0.9, bottom=0, top=0.95, wspace=0, hspace=0)
     colorbar_axes = fig.add_axes((0.92, 0.15, 0.015, 0.7))
     colorbar = fig.colorbar(ScalarMappable(norm=Normalize(vmin, vmax), cmap=colormaps[cmap]),
