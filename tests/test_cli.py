@@ -139,6 +139,8 @@ ERROR_CASES = {
                            ("unknown ROI 'V9'",)),
     "output-is-a-file": (lambda tmp, data: ("run", config_file(tmp), "--out", tmp / "taken"),
                          ("taken: output path exists and is not a directory",)),
+    "report-missing-run": (lambda tmp, data: ("report", tmp / "nowhere"),
+                           ("nowhere: no such run directory",)),
 }
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -47,11 +49,18 @@ def simulate(
     seed: Annotated[int, typer.Option(help="Seed of everything simulated.")] = 0,
 ) -> None:
     """Write a simulated subject with a known ground truth in the Algonauts 2023 layout."""
+    from cortexcl.data.algonauts import subject_name
     from cortexcl.data.simulate import simulate_subject
 
-    path = simulate_subject(out, subject=subject, n_images=n_images, n_test_images=n_test_images,
-                            image_size=image_size, roi_masks=roi_masks, roi_scale=roi_scale,
-                            reference_subject=reference_subject, seed=seed)
+    existing = out / subject_name(subject)
+    if existing.exists():  # it may be real data: never replaced from the command line
+        raise InputError(f"{existing}: already exists; choose another data root or --subject, "
+                         "or remove it first")
+    with _options_named("--"):
+        path = simulate_subject(out, subject=subject, n_images=n_images,
+                                n_test_images=n_test_images, image_size=image_size,
+                                roi_masks=roi_masks, roi_scale=roi_scale,
+                                reference_subject=reference_subject, seed=seed)
     stdout.print(f"simulated subject written to {path}")
 
 
@@ -255,6 +264,18 @@ def _warn(table: pd.DataFrame) -> None:
                       f"have over {ALPHA_EDGE_WARNING:.0f} % of their vertices at the {edge} "
                       f"edge of the α grid (worst: {worst['hemisphere']} {worst['roi']} "
                       f"{worst['method']}, {worst[column]:.0f} %); see the {column} column")
+
+
+@contextlib.contextmanager
+def _options_named(prefix: str) -> Iterator[None]:
+    """Errors that start with a parameter name (``n_images: …``) name the option instead."""
+    try:
+        yield
+    except InputError as error:
+        name, separator, rest = str(error).partition(": ")
+        if separator and name.isidentifier():
+            raise InputError(f"{prefix}{name.replace('_', '-')}: {rest}") from None
+        raise
 
 
 def _announce(message: str) -> None:

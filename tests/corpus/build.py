@@ -788,16 +788,22 @@ def _(folder: Path) -> None:
 
 # `cortexcl simulate` -------------------------------------------------------------------------
 
-case("simulate-image-size", (*SIMULATE, "--image-size", "8"), "image_size:",
+case("simulate-image-size", (*SIMULATE, "--image-size", "8"), "--image-size:",
      "expected 32-4096, got 8")(_valid)
-case("simulate-no-images", (*SIMULATE, "--n-images", "0"), "n_images:",
+case("simulate-no-images", (*SIMULATE, "--n-images", "0"), "--n-images:",
      "expected 2-9999, got 0")(_valid)
-case("simulate-roi-scale", (*SIMULATE, "--roi-scale", "-1"), "roi_scale:",
+case("simulate-roi-scale", (*SIMULATE, "--roi-scale", "-1"), "--roi-scale:",
      "expected a positive factor")(_valid)
 case("simulate-reference-subject", (*SIMULATE, "--reference-subject", "9"),
-     "reference_subject:", "got 9")(_valid)
+     "--reference-subject:", "got 9")(_valid)
 case("simulate-roi-masks-missing", (*SIMULATE, "--roi-masks", "{case}/nowhere"),
-     "roi_masks: {case}/nowhere")(_valid)
+     "--roi-masks: {case}/nowhere")(_valid)
+
+
+@case("simulate-subject-exists", ("simulate", "{case}/data", *SIMULATE[2:]),
+      "{case}/data/subj01: already exists")
+def _(folder: Path) -> None:
+    """The subject folder (the valid inputs' data/subj01) exists: it may be real data."""
 
 
 @case("simulate-out-is-file", ("simulate", "{case}/taken", *SIMULATE[2:]),

@@ -92,8 +92,11 @@ class RunResults:
     def __init__(self, run_dir: str | Path) -> None:
         self.root = Path(run_dir)
         path = self.root / "tables" / "encoding.csv"
+        if not self.root.is_dir():
+            raise InputError(f"{self.root}: no such run directory")
         if not path.is_file():
-            raise InputError(f"{path}: no results table; run the study (cortexcl run) first")
+            raise InputError(f"{path}: no results table; run a study (cortexcl run) or an "
+                             "encoding (cortexcl encode) into this folder first")
         try:
             table = read_table(path)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
