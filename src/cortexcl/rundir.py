@@ -91,13 +91,18 @@ class RunDirectory:
         if not path.is_file():
             return
         with open(path) as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                owner = handle.read().strip() or "another process"
-                raise InputError(f"{self.root}: run directory is in use by {owner}; "
-                                 "wait for it to finish") from None
+            self._take_lock(handle)
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _take_lock(self, handle: Any) -> None:
+        """Lock ``handle``'s file; refuse, naming the owner, when another process holds it."""
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            raise InputError(f"{self.root}: run directory is in use by {owner}; wait for it "
+                             "to finish") from None
 
     def identity(self) -> dict[str, Any] | None:
         """The recorded identity (``run.json``), or None for a new or empty run directory."""
@@ -168,14 +173,14 @@ class RunDirectory:
         except OSError as error:
             raise InputError(f"{self.root}: cannot write ({error.strerror or error})") from None
         with self.lock():
-            self.check_identity(identity, fresh=fresh)
-            if fresh and self.identity() is not None:
+            self.check_identity(identity, fresh=fresh)  # again: another process may have won
+            recorded = self.identity()
+            if fresh and recorded is not None:
                 for item in self.root.iterdir():
                     if item.name != LOCK:
                         (shutil.rmtree if item.is_dir() and not item.is_symlink()
                          else os.unlink)(item)
-            self.check_identity(identity)
-            if self.identity() is None:
+            if fresh or recorded is None:
                 atomic_write_json(self.root / IDENTITY, _jsonable(identity))
             yield self
 
@@ -188,14 +193,7 @@ class RunDirectory:
         except OSError as error:
             raise InputError(f"{self.root}: cannot write ({error.strerror or error})") from None
         with handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.seek(0)
-                owner = handle.read().strip() or "another process"
-                raise InputError(
-                    f"{self.root}: run directory is in use by {owner}; wait for it to finish"
-                ) from None
+            self._take_lock(handle)
             handle.seek(0)
             handle.truncate()
             handle.write(f"pid {os.getpid()} on {platform.node()}")

@@ -13,8 +13,7 @@ import yaml
 from cortexcl.config import EncodingConfig, load_config
 from cortexcl.data.algonauts import load_subject, subject_name
 from cortexcl.data.rois import HEMISPHERES, expand_rois
-from cortexcl.data.splits import check_split, make_splits
-from cortexcl.encoding.pipeline import TABLE_KEY, encode_subject
+from cortexcl.encoding.pipeline import TABLE_KEY, check_subject_data, encode_subject
 from cortexcl.errors import InputError
 from cortexcl.evaluation.single_subject import write_tables
 from cortexcl.models.backbones import describe_weights, load_alexnet, resolve_device
@@ -89,11 +88,7 @@ def encode(
                         progress=progress)
     check_roi_sizes({f"{h} {roi}": data.roi_indices(h, roi).size
                      for h in hemispheres for roi in roi_names}, min_vertices, data.root)
-    check_split(make_splits(data.n_images, seed=seed, protocol=settings.protocol),
-                str(data.root))
-    for hemisphere in hemispheres:
-        data.noise_ceiling(hemisphere)  # damaged ceiling files fail before anything is written
-    data.images.array()  # and so does a damaged image: all are decoded (and cached) now
+    check_subject_data(data, hemispheres, seed, settings.protocol)
     with run.create(identity, fresh=fresh):
         if str(weights) == "none":
             announce(f"weights: {describe_weights(weights, seed=seed)} — an untrained network, "

@@ -16,7 +16,7 @@ from cortexcl.atomic import atomic_save_npy, atomic_write_json, atomic_write_tex
 from cortexcl.config import EncodingConfig
 from cortexcl.data.algonauts import Subject
 from cortexcl.data.rois import HEMISPHERES, WHOLE_HEMISPHERE
-from cortexcl.data.splits import Split, make_splits
+from cortexcl.data.splits import Split, check_split, make_splits
 from cortexcl.encoding.features import extract_features
 from cortexcl.encoding.model import EncodingModel, PCACache
 from cortexcl.errors import InputError
@@ -33,6 +33,25 @@ TEST_RESPONSES = "test_responses.npy"
 # written with another version (2: the measured test responses were added).
 RESULT_FORMAT = 2
 SHARED_SELECTION = "shared_selection.json"
+
+
+def check_subject_data(subject: Subject, hemispheres: Sequence[str], seed: int,
+                       protocol: str) -> None:
+    """The checks of a subject's data that come before anything of a run is written.
+
+    The split must be large enough to fit, select and score (`check_split`), the
+    noise-ceiling files (when present) must be valid, and every image must decode (all are
+    decoded into the image cache the encodings then read).
+
+    Raises
+    ------
+    InputError
+        Naming the file at fault.
+    """
+    check_split(make_splits(subject.n_images, seed=seed, protocol=protocol), str(subject.root))
+    for hemisphere in hemispheres:
+        subject.noise_ceiling(hemisphere)
+    subject.images.array()
 
 
 def read_shared_selection(run: RunDirectory, subject: str, hemispheres: Sequence[str],

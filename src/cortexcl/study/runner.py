@@ -18,8 +18,9 @@ from cortexcl.data.algonauts import Subject, load_subject, subject_name
 from cortexcl.data.images import default_cache_dir
 from cortexcl.data.nod import NODSubject, load_nod_subject, nod_subject_name
 from cortexcl.data.rois import WHOLE_HEMISPHERE, roi_class
-from cortexcl.data.splits import Split, check_split, make_splits
+from cortexcl.data.splits import Split
 from cortexcl.encoding.pipeline import (
+    check_subject_data,
     encode_subject,
     read_shared_selection,
     record_split,
@@ -253,12 +254,8 @@ def check_inputs(context: StudyContext) -> None:
                      for roi in config.selection.rois},
                     config.selection.min_vertices, context.data_root)
     for name in names:
-        subject = context.subject(name)
-        check_split(make_splits(subject.n_images, config.seed, config.encoding.protocol),
-                    str(subject.root))
-        for hemisphere in config.selection.hemispheres:
-            subject.noise_ceiling(hemisphere)
-        subject.images.array()
+        check_subject_data(context.subject(name), config.selection.hemispheres, config.seed,
+                           config.encoding.protocol)
 
 
 class JobRunner:
