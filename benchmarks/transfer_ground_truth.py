@@ -99,7 +99,7 @@ def main() -> None:
     for roi in ROIS:
         for name, weights in backbones.items():
             encoded, _ = encode_subject(target, run, hemispheres=["lh"], rois=[roi],
-                                        weights=weights, method=name, seed=args.seed,
+                                        weights=weights, method=name, split_seed=args.seed,
                                         settings=EncodingConfig(
                                             n_components=args.n_components),
                                         progress=False, exclude_ids=excluded)

@@ -32,7 +32,7 @@ def study(**changes) -> StudyConfig:
     ``changes`` replace settings, sections joined by ``__``: ``tuning__cl={"epochs": 3}``.
     """
     raw = {
-        "name": "tiny",
+        "name": "tiny", "seeds": [0],
         "weights": "none",
         "methods": ["untuned", "cl", "rt"],
         "data": {"simulate": SIMULATION, "subjects": [1], "image_size": 64},

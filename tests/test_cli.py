@@ -42,7 +42,7 @@ def data_root(tmp_path_factory) -> Path:
 
 
 def config_file(folder: Path, **sections) -> Path:
-    raw = {"name": "tiny", "weights": "none", "methods": ["untuned", "cl"],
+    raw = {"name": "tiny", "seeds": [0], "weights": "none", "methods": ["untuned", "cl"],
            "data": {"simulate": SIMULATION, "image_size": 64},
            "selection": {"hemispheres": ["lh"], "rois": ["V1v", "hV4"], "min_vertices": 30},
            "tuning": {"cl": {"epochs": 1, "batch_size": 16}}, **sections}
@@ -73,8 +73,8 @@ def test_dry_run_lists_the_jobs(tmp_path):
     result = invoke("run", config_file(tmp_path), "--out", tmp_path / "run", "--dry-run")
     assert result.exit_code == 0, result.output
     lines = [" ".join(line.split()) for line in result.stdout.strip().splitlines()]
-    assert lines == ["to do tune/cl/subj01/lh/V1v", "to do encode/untuned/subj01/all/all",
-                     "to do encode/cl/subj01/lh/V1v", "to do aggregate/all/all/all/all",
+    assert lines == ["to do tune/cl/subj01/lh/V1v/seed-0", "to do encode/untuned/subj01/all/all",
+                     "to do encode/cl/subj01/lh/V1v/seed-0", "to do aggregate/all/all/all/all",
                      "4 jobs: 0 done, 4 to do"]
     assert list(tmp_path.iterdir()) == [tmp_path / "study.yaml"]  # a dry run writes nothing
 
@@ -120,9 +120,9 @@ def test_failed_job_exits_1_and_names_its_log(tmp_path, monkeypatch):
     out = tmp_path / "run"
     result = invoke("run", config_file(tmp_path), "--out", out)
     assert result.exit_code == 1
-    log = out / "logs" / "tune__cl__subj01__lh__V1v.log"
+    log = out / "logs" / "tune__cl__subj01__lh__V1v__seed-0.log"
     assert "out of memory" in log.read_text()
-    assert f"failed: tune/cl/subj01/lh/V1v (log: {log})" in result.stderr
+    assert f"failed: tune/cl/subj01/lh/V1v/seed-0 (log: {log})" in result.stderr
     assert "1 done, 0 already done, 1 failed, 2 blocked" in result.stdout
 
 

@@ -69,7 +69,8 @@ def test_empty_file_gives_the_defaults(tmp_path):
         ("encoding: {protocol: foo}\n", "encoding.protocol", "'clean' or 'paper'"),
         ("selection: {rois: [V1v, V9]}\n", "selection.rois", "V9"),
         ("methods: [cl, simclr]\n", "methods.1", "'untuned'"),
-        ("seed: 1.5\n", "seed", "valid integer"),
+        ("split_seed: 1.5\n", "split_seed", "valid integer"),
+        ("seed: 0\n", "seed", "replaced by split_seed"),
         ("data: [1, 2]\n", "data", "valid dictionary"),
     ],
 )
@@ -125,7 +126,7 @@ def test_digest_is_stable_and_sensitive(tmp_path):
     assert changed.digest() != base.digest()
     assert changed.digest("tuning") != base.digest("tuning")
     # Sections that did not change keep their digest.
-    for section in ("data", "seed", "weights", "selection", "encoding"):
+    for section in ("data", "split_seed", "weights", "selection", "encoding"):
         assert changed.digest(section) == base.digest(section)
     assert base.digest("data") != base.digest("encoding")
     # A value written as its default is the same study.

@@ -30,8 +30,8 @@ from study_helpers import assert_same_results, fill_cache, study
 # The study: an untuned encoding and a CL tuning that does not depend on it, then the CL
 # encoding and the aggregation; one thread per job, as on the 2-core test machine.
 STUDY = {"methods": ["untuned", "cl"], "selection__rois": ["V1v"]}
-MODEL = Path("models/subj01/lh/V1v/cl")
-TUNE, UNTUNED = "tune/cl/subj01/lh/V1v", "encode/untuned/subj01/all/all"
+MODEL = Path("models/subj01/lh/V1v/cl/seed-0")
+TUNE, UNTUNED = "tune/cl/subj01/lh/V1v/seed-0", "encode/untuned/subj01/all/all"
 LOCAL_SLURM = {"cluster": "local", "gpus_per_job": 0, "poll_s": 0.2}
 EXECUTIONS = {
     "serial": {"executor": "serial"},
@@ -105,10 +105,10 @@ def check_isolated_failure(root: Path, execution: str, jobs: list[Job], report) 
     assert report.done == [UNTUNED] and not report.skipped and not report.ok
     assert list(report.failed) == [TUNE]
     log = report.failed[TUNE]
-    assert log == root / "logs" / "tune__cl__subj01__lh__V1v.log"
+    assert log == root / "logs" / "tune__cl__subj01__lh__V1v__seed-0.log"
     assert "in _resume" in log.read_text()  # the traceback, from the worker
     assert ("submitit job" in log.read_text()) == execution.startswith("slurm")
-    assert report.blocked == ["encode/cl/subj01/lh/V1v", "aggregate/all/all/all/all"]
+    assert report.blocked == ["encode/cl/subj01/lh/V1v/seed-0", "aggregate/all/all/all/all"]
     assert [job.key for job in jobs if job.is_done(root)] == [UNTUNED]
 
 

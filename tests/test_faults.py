@@ -37,8 +37,8 @@ from study_helpers import (
 EPOCHS = 4
 STUDY = {"methods": ["cl"], "selection__rois": ["V1v"],
          "tuning__cl": {"epochs": EPOCHS, "batch_size": 16, "frozen": FROZEN}}
-MODEL = Path("models/subj01/lh/V1v/cl")
-TUNE = "tune/cl/subj01/lh/V1v"
+MODEL = Path("models/subj01/lh/V1v/cl/seed-0")
+TUNE = "tune/cl/subj01/lh/V1v/seed-0"
 KILLS = 3  # random kills of the study runner, each within KILL_WITHIN seconds of its start
 KILL_WITHIN = (2.0, 14.0)
 

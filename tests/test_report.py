@@ -30,7 +30,7 @@ from cortexcl.report.html import comparison_frame, format_number
 from cortexcl.rundir import RunDirectory
 
 ROIS = ("V1v", "hV4", "early")
-CONFIG = "name: report-test\nseed: 0\nweights: none\nmethods: [untuned, cl]\n"
+CONFIG = "name: report-test\nseeds: [0]\nweights: none\nmethods: [untuned, cl]\n"
 
 
 N_TEST = 12
@@ -51,50 +51,59 @@ def fake_test_outputs(n: int, methods: tuple[str, ...],
 
 
 def make_run(root: Path, data_root: Path | None, methods: tuple[str, ...] = ("untuned", "cl"),
-             with_models: bool = True, seed: int = 0) -> Path:
+             with_models: bool = True, seed: int = 0, tuning_seeds: tuple[int, ...] = (0,)
+             ) -> Path:
     """Write a run directory as the study runner does, with random results.
 
     Encoding results of every ROI × method of subj01 (sizes from the simulated subject when
-    ``data_root`` is given), train logs of the tuned backbones, an excluded ROI, the tables (by
-    the real table writer), config.yaml and manifest.json.
+    ``data_root`` is given; tuned methods once per tuning seed), train logs of the tuned
+    backbones, an excluded ROI, the tables (by the real table writer), config.yaml and
+    manifest.json.
     """
     rng = np.random.default_rng(seed)
     run = RunDirectory(root)
     subject = load_subject(data_root, 1, progress=False) if data_root is not None else None
+    results = [(method, None if method == "untuned" else tuning_seed)
+               for method in methods
+               for tuning_seed in ((None,) if method == "untuned" else tuning_seeds)]
     for hemisphere in ("lh", "rh"):
         for roi in ROIS:
             n = subject.roi_indices(hemisphere, roi).size if subject else 25 + 5 * len(roi)
             responses, predictions = fake_test_outputs(n, methods, rng)
-            for method in methods:
-                r = pearson_r(responses, predictions[method]).astype(np.float32)
-                out = run.encoding_dir("subj01", hemisphere, roi, method)
+            for method, tuning_seed in results:
+                prediction = predictions[method] + (
+                    0.0 if tuning_seed is None else rng.normal(0.0, 0.2, (N_TEST, n)))
+                r = pearson_r(responses, prediction).astype(np.float32)
+                out = run.encoding_dir("subj01", hemisphere, roi, method, tuning_seed)
                 atomic_save_npy(out / "voxel_r.npy", r)
                 atomic_save_npy(out / TEST_ROWS, np.arange(30, 30 + N_TEST))
                 atomic_save_npy(out / TEST_RESPONSES, responses)
-                atomic_save_npy(out / TEST_PREDICTION, predictions[method])
+                atomic_save_npy(out / TEST_PREDICTION, prediction.astype(np.float32))
                 atomic_save_npy(out / "alphas.npy", np.full(n, 100.0, dtype=np.float32))
                 scores = rng.uniform(0.0, 0.4, len(CANDIDATE_LAYERS))
                 layers = pd.DataFrame({"layer": CANDIDATE_LAYERS, "mean_val_r": scores,
                                        "median_val_r": scores, "n_components": 20,
                                        "selected": np.arange(scores.size) == scores.argmax()})
                 atomic_write_text(out / "layer_scores.csv", layers.to_csv(index=False))
+                models = run.path("models", "subj01", hemisphere, roi, method,
+                                  f"seed-{tuning_seed}")
                 weights = ("none (random init, seed 0)" if method == "untuned"
-                           else str(run.path("models", "subj01", hemisphere, roi, method,
-                                             "backbone.safetensors")))
+                           else str(models / "backbone.safetensors"))
                 atomic_write_json(out / "summary.json", {
                     "subject": "subj01", "hemisphere": hemisphere, "roi": roi, "method": method,
+                    "seed": tuning_seed,
                     "n_vertices": n, "best_layer": CANDIDATE_LAYERS[int(scores.argmax())],
                     "mean_r": float(r.mean()), "median_r": float(np.median(r)),
                     "mean_val_r": float(scores.max()), "weights": weights, "protocol": "clean",
-                    "seed": 0, "refit": "train+val", "n_train": 22, "n_val": 3, "n_test": N_TEST})
+                    "split_seed": 0, "refit": "train+val", "n_train": 22, "n_val": 3,
+                    "n_test": N_TEST})
                 if with_models and method != "untuned":
                     epochs = np.arange(1, 7)
-                    scale = 1.0 + 0.3 * ROIS.index(roi)
+                    scale = 1.0 + 0.3 * ROIS.index(roi) + 0.1 * tuning_seed
                     log = pd.DataFrame({"epoch": epochs, "train_loss": scale * 5.0 / epochs,
                                         "val_loss": scale * 5.5 / epochs + 0.1 * epochs,
                                         "seconds": 1.0, "images_per_s": 100.0})
-                    folder = run.path("models", "subj01", hemisphere, roi, method)
-                    atomic_write_text(folder / "train_log.csv", log.to_csv(index=False))
+                    atomic_write_text(models / "train_log.csv", log.to_csv(index=False))
     excluded = pd.DataFrame([{"subject": "subj01", "hemisphere": "lh", "roi": "OWFA",
                               "method": "untuned", "n_vertices": 6,
                               "reason": "fewer than 20 vertices"}])
@@ -169,6 +178,23 @@ def test_full_report_content(full_report: Path):
         assert f"{value:.3f}" in page
     assert "vertices beyond fsaverage5 dropped" in page
     assert page.count("<figcaption>") == 7
+
+
+def test_report_shows_the_spread_over_tuning_seeds(tmp_path):
+    root = make_run(tmp_path / "run", None, methods=("untuned", "cl", "rt"),
+                    tuning_seeds=(0, 1, 2))
+    page = build_report(root).read_text()
+    seeds = pd.read_csv(root / "tables" / "seeds.csv")
+    assert set(seeds["method"]) == {"cl", "rt"} and (seeds["n_seeds"] == 3).all()
+    assert "<h3>Spread over tuning seeds</h3>" in page
+    assert "dots: each of the 3 tuning seeds of a tuned backbone" in page
+    assert "Each of the 3 tuning seeds draws its own curves." in page
+    assert "cl vs untuned max p over seeds" in page  # the comparison shows the weakest seed
+    table = pd.read_csv(root / "tables" / "encoding.csv")
+    for _, part in table[table.method == "cl"].groupby(["hemisphere", "roi"]):
+        assert f"{part['mean_r'].mean():.3f}" in page  # the comparison's mean over seeds
+    for name in ("roi_bars", "training_curves", "layer_matrix", "vertex_scatter"):
+        check_png(root / "figures" / f"{name}.png")
 
 
 def test_untuned_only_without_models_or_data_root(tmp_path):

@@ -160,7 +160,7 @@ def test_random_init_is_announced_and_stale_figures_go(tmp_path, data_root):
 
 def test_dry_run_of_a_new_simulation_writes_nothing(tmp_path, cache):
     config = tmp_path / "study.yaml"
-    config.write_text("name: s\nweights: none\nmethods: [untuned, cl]\n"
+    config.write_text("name: s\nseeds: [0]\nweights: none\nmethods: [untuned, cl]\n"
                       "data: {simulate: {n_images: 30, image_size: 32, roi_scale: 0.05, "
                       "seed: 7}}\nselection: {hemispheres: [lh], rois: [V1v]}\n")
     before = sorted(cache.rglob("*"))

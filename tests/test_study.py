@@ -82,8 +82,8 @@ def test_plan_orders_jobs_and_skips_small_rois():
 
     entries = [(s, h, r) for s in ("subj01", "subj02") for h in ("lh", "rh")
                for r in ("V1v", "V2d") if (s, h, r) != ("subj02", "rh", "V2d")]
-    tuned = [f"tune/{m}/{s}/{h}/{r}" for m in ("cl", "rt") for s, h, r in entries]
-    pooled = [f"tune-pooled/{m}/pooled/{h}/{r}" for m in ("pooled-avg", "pooled-const")
+    tuned = [f"tune/{m}/{s}/{h}/{r}/seed-0" for m in ("cl", "rt") for s, h, r in entries]
+    pooled = [f"tune-pooled/{m}/pooled/{h}/{r}/seed-0" for m in ("pooled-avg", "pooled-const")
               for h in ("lh", "rh") for r in ("V1v", "V2d")]
     assert keys(jobs[:len(tuned) + len(pooled)]) == tuned + pooled
 
@@ -93,13 +93,13 @@ def test_plan_orders_jobs_and_skips_small_rois():
     for job in encodes:
         if job.method in ("cl", "rt"):
             assert job.depends_on == (f"tune/{job.method}/{job.subject}/{job.hemisphere}/"
-                                      f"{job.roi}",)
+                                      f"{job.roi}/seed-0",)
         elif job.method != "untuned":
             # Pooled results are compared with baselines re-scored on the same test images.
             baselines = (f"encode/untuned/{job.subject}/all/all",
-                         f"encode/rt/{job.subject}/{job.hemisphere}/{job.roi}")
+                         f"encode/rt/{job.subject}/{job.hemisphere}/{job.roi}/seed-0")
             assert job.depends_on == (f"tune-pooled/{job.method}/pooled/{job.hemisphere}/"
-                                      f"{job.roi}", *baselines)
+                                      f"{job.roi}/seed-0", *baselines)
     # The pooled model of rh V2d serves only the subject that has enough vertices there.
     assert [job.subject for job in encodes
             if (job.method, job.hemisphere, job.roi) == ("pooled-avg", "rh", "V2d")] == ["subj01"]
@@ -113,9 +113,10 @@ def test_plan_cross_subject_jobs():
     sizes = {("subj03", "lh", "V1v"): 10}  # subj03 lacks the ROI: no model, no target
     jobs = plan_jobs(config, lambda s, h, r: sizes.get((s, h, r), 40))
     cross = [job for job in jobs if job.kind == "cross"]
-    assert keys(cross) == ["cross/cl-from-subj01/subj02/lh/V1v",
-                           "cross/cl-from-subj02/subj01/lh/V1v"]
-    assert cross[0].depends_on == ("tune/cl/subj01/lh/V1v", "encode/untuned/subj02/all/all")
+    assert keys(cross) == ["cross/cl-from-subj01/subj02/lh/V1v/seed-0",
+                           "cross/cl-from-subj02/subj01/lh/V1v/seed-0"]
+    assert cross[0].depends_on == ("tune/cl/subj01/lh/V1v/seed-0",
+                                   "encode/untuned/subj02/all/all")
     assert set(keys(cross)) <= set(jobs[-1].depends_on)
 
 
@@ -128,7 +129,8 @@ def test_job_settings_follow_the_sections_they_depend_on():
     def changed(**changes) -> set[str]:
         new = settings(study(methods=["untuned", "cl", "rt", "pooled-avg", "pooled-const"],
                              **changes))
-        return {key.rsplit("/", 3)[0] for key in new if new[key] != base.get(key, new[key])}
+        return {"/".join(key.split("/")[:2]) for key in new
+                if new[key] != base.get(key, new[key])}
 
     cl_jobs = {"tune/cl", "encode/cl", "aggregate/all"}
     assert changed(tuning__cl={"epochs": 3, "frozen": FROZEN}) == cl_jobs
@@ -142,14 +144,18 @@ def test_job_settings_follow_the_sections_they_depend_on():
     assert changed(execution={"device": "cpu", "executor": "ray"}) == set()
     assert changed(evaluation={"statistics": {"n_permutations": 500}}) == {"aggregate/all"}
     assert changed(data__image_size=96) >= {"tune/cl", "tune/rt", "encode/untuned"}
+    # Another tuning seed adds jobs and leaves the finished seed's jobs as they are; another
+    # split changes every job.
+    assert changed(seeds=[0, 1]) == {"aggregate/all"}
+    assert changed(split_seed=1) == set(map("/".join, {tuple(k.split("/")[:2]) for k in base}))
 
 
 def test_tiny_study_end_to_end(finished):
     root, jobs, report = finished
     assert report.ok and report.done == keys(jobs) and not report.skipped
-    assert keys(jobs) == ["tune/cl/subj01/lh/V1v", "tune/rt/subj01/lh/V1v",
-                          "encode/untuned/subj01/all/all", "encode/cl/subj01/lh/V1v",
-                          "encode/rt/subj01/lh/V1v", "aggregate/all/all/all/all"]
+    assert keys(jobs) == ["tune/cl/subj01/lh/V1v/seed-0", "tune/rt/subj01/lh/V1v/seed-0",
+                          "encode/untuned/subj01/all/all", "encode/cl/subj01/lh/V1v/seed-0",
+                          "encode/rt/subj01/lh/V1v/seed-0", "aggregate/all/all/all/all"]
 
     table = pd.read_csv(root / "tables" / "encoding.csv")
     assert sorted(zip(table.roi, table.method, strict=True)) == [
@@ -166,7 +172,7 @@ def test_tiny_study_end_to_end(finished):
     assert cl["mi_bits_common_k"] == pytest.approx(cl["mi_bits"], abs=1e-5)
 
     for method in ("cl", "rt"):
-        model = root / "models" / "subj01" / "lh" / "V1v" / method
+        model = root / "models" / "subj01" / "lh" / "V1v" / method / "seed-0"
         assert {BACKBONE, META, TRAIN_LOG, DONE} <= {p.name for p in model.iterdir()}
         assert not (model / CHECKPOINT).exists()
         meta = json.loads((model / META).read_text())
@@ -175,7 +181,7 @@ def test_tiny_study_end_to_end(finished):
         assert meta["n_train"] == {"subj01": 48}
         assert pd.read_csv(model / TRAIN_LOG)["epoch"].tolist() == [1, 2]
     assert not list(root.rglob(CHECKPOINT))
-    frozen = load_file(root / "models/subj01/lh/V1v/cl" / BACKBONE)
+    frozen = load_file(root / "models/subj01/lh/V1v/cl/seed-0" / BACKBONE)
     untouched = load_alexnet("none", seed=0).state_dict()
     assert torch.equal(frozen["classifier.1.weight"], untouched["classifier.1.weight"])
     assert not torch.equal(frozen["features.0.weight"], untouched["features.0.weight"])
@@ -183,6 +189,11 @@ def test_tiny_study_end_to_end(finished):
     assert (root / "report.html").stat().st_size > 1000
     assert {"config.yaml", "manifest.json"} <= {p.name for p in root.iterdir()}
     assert yaml.safe_load((root / "config.yaml").read_text())["name"] == "tiny"
+
+
+def _result(method: str) -> str:
+    """A result's folder below the ROI's: tuned backbones under their (only) seed, 0."""
+    return method if method == "untuned" else f"{method}/seed-0"
 
 
 def check_comparisons(root: Path, table: pd.DataFrame) -> None:
@@ -195,14 +206,15 @@ def check_comparisons(root: Path, table: pd.DataFrame) -> None:
         assert set(columns) <= set(table.columns)
         for row in table.itertuples():
             values = table.loc[row.Index, columns]
-            if row.method == baseline:
+            if row.method == baseline or row.method == "untuned":
+                # The RT rows hold untuned vs RT, once per tuning seed.
                 assert values.isna().all()
                 continue
             folder = root / "encoding" / "subj01" / "lh" / "V1v"
             mine, theirs = (np.load(folder / name / TEST_PREDICTION)
-                            for name in (row.method, baseline))
-            responses = np.load(folder / row.method / TEST_RESPONSES)
-            seed = derive_seed(0, f"subj01/lh/V1v/{row.method}/vs/{baseline}")
+                            for name in (_result(row.method), _result(baseline)))
+            responses = np.load(folder / _result(row.method) / TEST_RESPONSES)
+            seed = derive_seed(0, f"subj01/lh/V1v/{_result(row.method)}/vs/{baseline}")
             expected = compare_predictions(responses, mine, theirs, seed=seed)
             assert values.tolist() == pytest.approx(
                 [expected.delta_r, expected.ci_low, expected.ci_high, expected.p,
@@ -210,7 +222,7 @@ def check_comparisons(root: Path, table: pd.DataFrame) -> None:
     # The saved test responses are the subject's measured responses of those rows.
     subject = load_subject(prepare_data(study(), progress=False), 1, image_size=64,
                            progress=False)
-    result = root / "encoding" / "subj01" / "lh" / "V1v" / "cl"
+    result = root / "encoding" / "subj01" / "lh" / "V1v" / "cl" / "seed-0"
     np.testing.assert_array_equal(np.load(result / TEST_RESPONSES),
                                   subject.responses("lh", "V1v")[np.load(result / TEST_ROWS)])
 
@@ -247,14 +259,14 @@ def rerun_decisions(config: StudyConfig, root: Path) -> tuple[list[str], list[st
 
 def test_changed_tuning_reruns_tuning_and_its_encoding_only(finished, tmp_path):
     root = copy_run(finished[0], tmp_path / "run")
-    stale = root / "models/subj01/lh/V1v/cl/train_log.csv"
+    stale = root / "models/subj01/lh/V1v/cl/seed-0/train_log.csv"
     assert stale.is_file()
     done, skipped = rerun_decisions(
         study(tuning__cl={"epochs": 3, "batch_size": 16, "frozen": FROZEN}), root)
-    assert done == ["tune/cl/subj01/lh/V1v", "encode/cl/subj01/lh/V1v",
+    assert done == ["tune/cl/subj01/lh/V1v/seed-0", "encode/cl/subj01/lh/V1v/seed-0",
                     "aggregate/all/all/all/all"]
-    assert skipped == ["tune/rt/subj01/lh/V1v", "encode/untuned/subj01/all/all",
-                       "encode/rt/subj01/lh/V1v"]
+    assert skipped == ["tune/rt/subj01/lh/V1v/seed-0", "encode/untuned/subj01/all/all",
+                       "encode/rt/subj01/lh/V1v/seed-0"]
     assert not stale.exists()  # the model trained with the old settings was removed
 
 
@@ -283,7 +295,7 @@ def test_interrupted_job_with_other_settings_starts_afresh(tmp_path):
 
 def test_failing_job_is_reported_and_blocks_only_its_dependents(tmp_path, monkeypatch):
     config = study(selection__rois=["V1v", "V2d"], methods=["untuned", "cl"])
-    broken = "tune/cl/subj01/lh/V2d"
+    broken = "tune/cl/subj01/lh/V2d/seed-0"
     ran = []
 
     def run_job(job, context):
@@ -297,18 +309,18 @@ def test_failing_job_is_reported_and_blocks_only_its_dependents(tmp_path, monkey
                              announce=events.append)
     assert list(report.failed) == [broken]
     log = report.failed[broken]
-    assert log == tmp_path / "run" / "logs" / "tune__cl__subj01__lh__V2d.log"
+    assert log == tmp_path / "run" / "logs" / "tune__cl__subj01__lh__V2d__seed-0.log"
     assert "RuntimeError: the GPU caught fire" in log.read_text()
-    assert report.blocked == ["encode/cl/subj01/lh/V2d", "aggregate/all/all/all/all"]
-    assert ran == report.done == ["tune/cl/subj01/lh/V1v", "encode/untuned/subj01/all/all",
-                                  "encode/cl/subj01/lh/V1v"]
+    assert report.blocked == ["encode/cl/subj01/lh/V2d/seed-0", "aggregate/all/all/all/all"]
+    assert ran == report.done == ["tune/cl/subj01/lh/V1v/seed-0", "encode/untuned/subj01/all/all",
+                                  "encode/cl/subj01/lh/V1v/seed-0"]
     assert f"  failed  {broken}" in events and not report.ok
 
     # Fixed, the next run does what is left and nothing else.
     monkeypatch.setattr(runner, "run_job", lambda job, context: ran.append(job.key))
     ran.clear()
     _, report = run_study(config, tmp_path / "run", progress=False, announce=lambda _: None)
-    assert ran == [broken, "encode/cl/subj01/lh/V2d", "aggregate/all/all/all/all"]
+    assert ran == [broken, "encode/cl/subj01/lh/V2d/seed-0", "aggregate/all/all/all/all"]
     assert report.ok
 
 
@@ -326,7 +338,7 @@ def test_killed_study_resumes_to_the_same_result(tmp_path, start_cortexcl):
     config_file = tmp_path / "study.yaml"
     config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     killed, reference = tmp_path / "killed", tmp_path / "reference"
-    model = Path("models/subj01/lh/V1v/cl")
+    model = Path("models/subj01/lh/V1v/cl/seed-0")
 
     # The uninterrupted run goes on beside the one that is killed and resumed.
     uninterrupted = start_cortexcl("run", config_file, "--out", reference,
@@ -375,15 +387,15 @@ def test_published_protocol_with_shared_selection(tmp_path, cache, monkeypatch):
                    evaluation__temperature_scan=True)
     jobs, report = run_study(config, tmp_path / "run", progress=False, announce=lambda _: None)
     assert report.ok
-    encode_cl = next(job for job in jobs if job.key == "encode/cl/subj01/lh/V1v")
+    encode_cl = next(job for job in jobs if job.key == "encode/cl/subj01/lh/V1v/seed-0")
     assert "encode/untuned/subj01/all/all" in encode_cl.depends_on
     folder = tmp_path / "run" / "encoding" / "subj01" / "lh" / "V1v"
     choice = json.loads((folder / "untuned" / "shared_selection.json").read_text())
-    for method in ("untuned", "cl", "rt"):
+    for method in ("untuned", "cl/seed-0", "rt/seed-0"):
         summary = json.loads((folder / method / "summary.json").read_text())
         assert summary["best_layer"] == choice["layer"], method
         assert np.all(np.load(folder / method / "alphas.npy") == np.float32(choice["alpha"]))
-    mutual_info = json.loads((folder / "cl" / "mutual_info.json").read_text())
+    mutual_info = json.loads((folder / "cl/seed-0" / "mutual_info.json").read_text())
     assert mutual_info["mi_scan_chosen_on"] == "test (optimistic, as published)"
     assert np.isfinite(mutual_info["mi_scan_bits"])
     with pytest.raises(InputError, match="shared-untuned needs the untuned method"):

@@ -119,6 +119,7 @@ def _summary(folder: Path, subject: str, roi: str, method: str, r: list[float],
     atomic_save_npy(folder / "voxel_r.npy", np.asarray(r, dtype=np.float32))
     atomic_write_json(folder / "summary.json", {
         "subject": subject, "hemisphere": "lh", "roi": roi, "method": method,
+        "seed": None if method == "untuned" else 0,
         "n_vertices": len(r), "n_test": 10 - n_dropped, "n_test_dropped": n_dropped})
     if matched is not None:
         atomic_save_npy(folder / "matched" / "untuned.npy", np.asarray(matched, np.float32))
@@ -132,12 +133,12 @@ def test_cross_subject_tables_known_answers(tmp_path):
         for roi in ("V1v", "FFA-1"):
             _summary(run.encoding_dir(subject, "lh", roi, "untuned"), subject, roi, "untuned",
                      [0.2, 0.2, 0.2])
-            _summary(run.encoding_dir(subject, "lh", roi, "cl"), subject, roi, "cl",
+            _summary(run.encoding_dir(subject, "lh", roi, "cl", 0), subject, roi, "cl",
                      [0.3, 0.1, 0.1])  # own model: 1 of 3 vertices improved
     # subj01's model on subj02, scored on fewer images: compared with the matched baseline.
-    _summary(transfer.encoding_dir("subj02", "lh", "V1v", "cl-from-subj01"), "subj02", "V1v",
+    _summary(transfer.encoding_dir("subj02", "lh", "V1v", "cl-from-subj01", 0), "subj02", "V1v",
              "cl-from-subj01", [0.3, 0.3, 0.1], n_dropped=2, matched=[0.25, 0.35, 0.05])
-    _summary(transfer.encoding_dir("subj01", "lh", "V1v", "cl-from-subj02"), "subj01", "V1v",
+    _summary(transfer.encoding_dir("subj01", "lh", "V1v", "cl-from-subj02", 0), "subj01", "V1v",
              "cl-from-subj02", [0.3, 0.3, 0.3], matched=[0.2, 0.2, 0.2])
     table = cross_subject_table(run)
     v1 = table[table["roi"] == "V1v"].set_index(["model_subject", "target_subject"])
@@ -154,7 +155,7 @@ def test_cross_subject_tables_known_answers(tmp_path):
     assert groups.loc[("all", "subj01", "subj01"), "n_entries"] == 2
 
     encoding = pd.DataFrame({"subject": ["subj01", "subj02"], "hemisphere": "lh",
-                             "roi": "V1v", "method": "pooled-avg",
+                             "roi": "V1v", "method": "pooled-avg", "seed": 0,
                              "pct_improved_vs_untuned": [50.0, 100.0]})
     points = pooled_vs_cross(table, encoding).set_index("subject")
     assert points.loc["subj01", "cross_pct"] == pytest.approx(100.0)  # subj02's model on subj01
@@ -240,7 +241,7 @@ def test_cross_subject_results_drop_the_models_tuning_images(full_study):
                                                             "mean_r"])
             continue
         folder = run.path("cross_subject", "encoding", row.target_subject, "lh", "V1v",
-                          f"cl-from-{row.model_subject}")
+                          f"cl-from-{row.model_subject}", "seed-0")
         model = load_subject(data_root, row.model_subject, image_size=64, progress=False)
         target = load_subject(data_root, row.target_subject, image_size=64, progress=False)
         model_train = json.loads(run.path("splits", f"{row.model_subject}.json").read_text())
@@ -265,7 +266,7 @@ def test_cross_subject_results_drop_the_models_tuning_images(full_study):
     # The pooled backbone is compared with untuned on its own test images only.
     assert (pooled["n_test_vs_untuned"] == pooled["n_test"]).all()
     for subject in ("subj01", "subj02"):
-        folder = run.encoding_dir(subject, "lh", "V1v", "pooled-avg")
+        folder = run.encoding_dir(subject, "lh", "V1v", "pooled-avg", 0)
         untuned = run.encoding_dir(subject, "lh", "V1v", "untuned")
         matched = np.load(folder / "matched" / "untuned.npy")
         expected = np.mean(np.load(folder / "voxel_r.npy") - matched)
@@ -307,8 +308,8 @@ def test_nod_transfer_uses_the_counterpart_backbones(full_study):
 def test_probes_landscape_and_saliency_tables(full_study):
     _, run, _ = full_study
     probes = _table(run, "classification.csv")
-    assert sorted(probes["name"]) == ["cl__subj01__lh__V1v", "cl__subj02__lh__V1v",
-                                      "pooled-avg__pooled__lh__V1v", "untuned"]
+    assert sorted(probes["name"]) == ["cl__subj01__lh__V1v__seed-0", "cl__subj02__lh__V1v__seed-0",
+                                      "pooled-avg__pooled__lh__V1v__seed-0", "untuned"]
     assert probes["top1"].between(0, 1).all()
     distances = _table(run, "landscape_distances.csv").set_index("model")
     assert list(distances.index)[-1] == "oracle"
@@ -316,8 +317,8 @@ def test_probes_landscape_and_saliency_tables(full_study):
     np.testing.assert_allclose(matrix, matrix.T)
     np.testing.assert_allclose(np.diag(matrix), 0.0, atol=1e-12)
     saliency = _table(run, "saliency.csv")
-    assert sorted(saliency["model"]) == ["cl__subj01__lh__V1v", "cl__subj02__lh__V1v",
-                                         "untuned"]
+    assert sorted(saliency["model"]) == ["cl__subj01__lh__V1v__seed-0",
+                                         "cl__subj02__lh__V1v__seed-0", "untuned"]
     assert (saliency["n"] == 6).all()
 
 

@@ -281,7 +281,12 @@ class StudyConfig(_Strict):
     """A whole study: data, selection, methods, tuning, encoding, evaluation and execution."""
 
     name: str = "study"
-    seed: int = 0
+    split_seed: int = Field(0, description="seed of the train / val / test split (0: the "
+                                           "published held-out set), of a random initial "
+                                           "network and of the evaluations' resamples")
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1,
+                             description="tuning replicates: each tuned model is trained once "
+                                         "per seed (head initialisation, batch order)")
     weights: str = Field("imagenet", description="imagenet, none (random init) or a path")
     methods: list[Method] = Field(default_factory=lambda: ["untuned", "cl", "rt"], min_length=1)
     data: DataConfig = DataConfig()
@@ -290,6 +295,21 @@ class StudyConfig(_Strict):
     encoding: EncodingConfig = EncodingConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     execution: ExecutionConfig = ExecutionConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_single_seed(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and "seed" in raw:
+            raise ValueError("seed: replaced by split_seed (the split) and seeds (the tuning "
+                             "replicates, e.g. [0, 1, 2])")
+        return raw
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"the tuning seeds must differ (got {seeds})")
+        return seeds
 
     @model_validator(mode="after")
     def _evaluations_have_their_methods(self) -> StudyConfig:
@@ -376,13 +396,14 @@ def parse_section(name: str, raw: dict[str, Any], option: bool = False) -> Any:
 def _input_error(error: ValidationError, prefix: str,
                  name_of: Callable[[list[str]], str]) -> InputError:
     first = error.errors()[0]
-    where = name_of([str(part) for part in first["loc"]]) or "(top level)"
+    # A model-level error has no location: its message names the settings itself.
+    where = name_of([str(part) for part in first["loc"]]) if first["loc"] else ""
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown key"
     elif isinstance(first.get("input"), str | int | float | bool):
         message += f" (got {first['input']!r})"
-    return InputError(f"{prefix}{where}: {message}")
+    return InputError(f"{prefix}{where}: {message}" if where else f"{prefix}{message}")
 
 
 def _first_line(error: Exception) -> str:

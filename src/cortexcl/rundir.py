@@ -5,6 +5,7 @@ Layout (see the README)::
     <run>/run.json  config.yaml  manifest.json
     <run>/splits/subj01.json
     <run>/encoding/subj01/lh/V1v/untuned/   voxel_r.npy  alphas.npy  layer_scores.csv  summary.json
+    <run>/encoding/subj01/lh/V1v/cl/seed-0/ the same, per tuning seed of a tuned backbone
     <run>/tables/encoding.csv
 
 A run directory belongs to one study (or one ``encode`` configuration): ``run.json`` records
@@ -212,15 +213,23 @@ class RunDirectory:
         """Path of the recorded split of ``subject``."""
         return self.path("splits", f"{subject}.json")
 
-    def encoding_dir(self, subject: str, hemisphere: str, roi: str, method: str) -> Path:
-        """Folder of one encoding result."""
-        return self.path("encoding", subject, hemisphere, roi, method)
+    def encoding_dir(self, subject: str, hemisphere: str, roi: str, method: str,
+                     seed: int | None = None) -> Path:
+        """Folder of one encoding result; a tuned backbone's results lie under its seed."""
+        folder = self.path("encoding", subject, hemisphere, roi, method)
+        return folder if seed is None else folder / seed_folder(seed)
+
+    def result_summaries(self) -> list[Path]:
+        """The ``summary.json`` of every encoding result, seeded or not, in sorted order."""
+        encoding = self.path("encoding")
+        return sorted([*encoding.glob("*/*/*/*/summary.json"),
+                       *encoding.glob(f"*/*/*/*/{seed_folder('*')}/summary.json")])
 
     def write_config(self, config: dict[str, Any]) -> Path:
         """Write ``config.yaml``."""
         return atomic_write_text(self.path("config.yaml"), yaml.safe_dump(config, sort_keys=False))
 
-    def write_manifest(self, seeds: dict[str, int], datasets: dict[str, str],
+    def write_manifest(self, seeds: dict[str, Any], datasets: dict[str, str],
                        extra: dict[str, Any] | None = None) -> Path:
         """Write ``manifest.json``: versions, hardware, seeds, dataset hashes and the command."""
         manifest = {
@@ -252,6 +261,11 @@ class RunDirectory:
         table.to_csv(buffer, index=False)
         atomic_write_text(path, buffer.getvalue())
         return table
+
+
+def seed_folder(seed: int | str) -> str:
+    """Folder name of a tuning seed's results: ``seed-<seed>``."""
+    return f"seed-{seed}"
 
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:

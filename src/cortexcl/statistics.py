@@ -10,6 +10,9 @@ Two units are used, and every p-value says which one it has:
 * **subject** (``P_UNIT_SUBJECT``), across subjects: one number per subject (for instance a
   group's mean r, averaged within the subject first), tested by `subject_tests`.
 
+The spread over tuning seeds (``P_UNIT_SEED``) describes how much a result depends on the
+tuning run (head initialisation, batch order); its interval is not a test of the method.
+
 `holm` and `benjamini_hochberg` adjust the p-values of one family of comparisons, and
 `adjust_families` adds both next to the raw p-values of a table.
 
@@ -36,6 +39,7 @@ from cortexcl.metrics import pearson_r, percent_improved
 
 P_UNIT_IMAGE = "test image"
 P_UNIT_SUBJECT = "subject"
+P_UNIT_SEED = "tuning seed"
 N_PERMUTATIONS = 10_000
 N_BOOTSTRAP = 5_000
 CONFIDENCE = 0.95
@@ -505,7 +509,7 @@ def adjust_families(table: pd.DataFrame, columns: Sequence[str], by: Sequence[st
     for column in columns:
         for correction, adjust in (("holm", holm), ("bh", benjamini_hochberg)):
             values = pd.Series(np.nan, index=table.index)
-            for _, family in table.groupby(list(by), sort=False)[column]:
+            for _, family in table.groupby(list(by), sort=False, dropna=False)[column]:
                 values[family.index] = adjust(family.to_numpy())
             position = table.columns.get_loc(column) + (1 if correction == "holm" else 2)
             table.insert(position, adjusted_name(column, correction), values)

@@ -101,7 +101,7 @@ def encode(
                            extra={"data_root": str(data_root)})
         encoded, excluded = encode_subject(
             data, run, hemispheres=hemispheres, rois=rois, weights=weights, method=method,
-            seed=seed, settings=settings, min_vertices=min_vertices, device=device,
+            split_seed=seed, settings=settings, min_vertices=min_vertices, device=device,
             progress=progress)
         if not excluded.empty:
             run.upsert_table("excluded", excluded, TABLE_KEY)

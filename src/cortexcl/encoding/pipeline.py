@@ -31,7 +31,7 @@ TEST_PREDICTION = "test_prediction.npy"
 TEST_RESPONSES = "test_responses.npy"
 # Version of the files in an encoding result folder: the study runner re-encodes results
 # written with another version (2: the measured test responses were added).
-RESULT_FORMAT = 2
+RESULT_FORMAT = 3
 SHARED_SELECTION = "shared_selection.json"
 
 
@@ -128,7 +128,8 @@ def encode_subject(
     rois: str | Sequence[str] = "early",
     weights: str | Path = "imagenet",
     method: str = "untuned",
-    seed: int = 0,
+    split_seed: int = 0,
+    seed: int | None = None,
     settings: EncodingConfig | None = None,
     min_vertices: int = 20,
     device: str | torch.device | None = None,
@@ -150,7 +151,8 @@ def encode_subject(
         The subject to encode (an Algonauts `Subject`, or any reader's subject with the same
         interface, e.g. `cortexcl.data.nod.NODSubject`).
     run : RunDirectory
-        Where the results go: ``encoding/<subject>/<hemi>/<roi>/<method>/``.
+        Where the results go: ``encoding/<subject>/<hemi>/<roi>/<method>/``, or its
+        ``seed-<seed>/`` subfolder for a tuned backbone.
     hemispheres : sequence of {"lh", "rh"}
         Hemispheres to encode.
     rois : str or sequence of str
@@ -160,8 +162,11 @@ def encode_subject(
         Backbone weights; ``none`` is a random initialisation and is recorded as such.
     method : str
         Name of the backbone in tables and paths.
-    seed : int
-        Seed of the split and of a random initialisation.
+    split_seed : int
+        Seed of the split and of a random initialisation (``weights="none"``).
+    seed : int, optional
+        Tuning seed of a tuned backbone (a study's replicate): recorded in the results
+        (``seed``) and part of their folder; None for an untuned backbone.
     settings : EncodingConfig, optional
         Protocol (docs/method.md §3.3), PCA components, refit, α grid, standardisation and
         images per forward pass; the defaults of `EncodingConfig` when omitted.
@@ -191,14 +196,14 @@ def encode_subject(
             raise InputError(f"--hemisphere: unknown hemisphere {hemisphere!r}; use lh or rh")
     settings = settings or EncodingConfig()
     roi_names = subject.expand_rois(rois)
-    split = record_split(run, subject, seed, settings.protocol)
+    split = record_split(run, subject, split_seed, settings.protocol)
     n_dropped = n_val_dropped = 0
     if exclude_ids is not None:
         split, n_dropped, n_val_dropped = without_images(split, subject.image_ids, exclude_ids)
-    backbone = load_alexnet(weights, seed=seed)
-    weights_label = describe_weights(weights, seed=seed)
-    context = {"weights": weights_label, "initial_weights": initial_weights(weights, seed),
-               "protocol": settings.protocol, "seed": seed,
+    backbone = load_alexnet(weights, seed=split_seed)
+    weights_label = describe_weights(weights, seed=split_seed)
+    context = {"weights": weights_label, "initial_weights": initial_weights(weights, split_seed),
+               "protocol": settings.protocol, "split_seed": split_seed,
                # The paper protocol's final fit is the 85 % tuning split (its train part).
                "refit": settings.refit if settings.protocol == "clean" else "train",
                "alpha_grid": settings.alpha_grid, "standardize": settings.standardize,
@@ -233,25 +238,26 @@ def encode_subject(
                     used, options["alphas"] = {pair[0]: features[pair[0]]}, [pair[1]]
                 model = EncodingModel(**options).fit(used, roi_responses, split)
                 if pair is not None:
-                    atomic_write_json(run.encoding_dir(subject.name, hemisphere, roi, method)
-                                      / SHARED_SELECTION, {"layer": pair[0], "alpha": pair[1],
-                                                           "alpha_grid": settings.alpha_grid})
+                    folder = run.encoding_dir(subject.name, hemisphere, roi, method, seed)
+                    atomic_write_json(folder / SHARED_SELECTION,
+                                      {"layer": pair[0], "alpha": pair[1],
+                                       "alpha_grid": settings.alpha_grid})
                 nc = None if ceiling is None else ceiling[columns]
                 # r is 0 where the measured or predicted test responses are constant: count them.
                 test_responses = roi_responses[split.test]
                 constant = (np.ptp(test_responses, axis=0) == 0) \
                     | (np.ptp(model.predictions_, axis=0) == 0)
-                rows.append(_write_result(run, subject, hemisphere, roi, method, model, nc,
-                                          split.test, test_responses,
+                rows.append(_write_result(run, subject, hemisphere, roi, method, seed, model,
+                                          nc, split.test, test_responses,
                                           {**context, **subject.data_notes(hemisphere),
                                            "n_constant": int(constant.sum())}))
     return pd.DataFrame(rows), pd.DataFrame(excluded)
 
 
 def _write_result(run: RunDirectory, subject: Subject, hemisphere: str, roi: str, method: str,
-                  model: EncodingModel, noise_ceiling: np.ndarray | None,
+                  seed: int | None, model: EncodingModel, noise_ceiling: np.ndarray | None,
                   test_rows: np.ndarray, test_responses: np.ndarray, context: dict) -> dict:
-    out = run.encoding_dir(subject.name, hemisphere, roi, method)
+    out = run.encoding_dir(subject.name, hemisphere, roi, method, seed)
     atomic_save_npy(out / "voxel_r.npy", model.test_r_.astype(np.float32))
     # The test rows, with the measured responses and predictions of those rows in the same
     # order: the paired tests of the tables need nothing else (cortexcl.statistics).
@@ -269,6 +275,7 @@ def _write_result(run: RunDirectory, subject: Subject, hemisphere: str, roi: str
         "hemisphere": hemisphere,
         "roi": roi,
         "method": method,
+        "seed": seed,
         "n_vertices": int(model.test_r_.size),
         "best_layer": model.best_layer_,
         "mean_r": stats["mean"],

@@ -5,7 +5,9 @@ For every hemisphere × ROI, the backbone tuned on model subject *m* encodes tar
 test part without the images that tuned the backbone). ``R[m, t]`` is the mean test r and
 ``I[m, t]`` the fraction of *t*'s vertices where the transferred backbone beats *t*'s untuned
 one on the same images. The diagonal is *t*'s own model. Transfer results live in the run's
-``cross_subject/`` folder, laid out like the run itself.
+``cross_subject/`` folder, laid out like the run itself. With several tuning seeds, each
+seed's models give their own entries (column ``seed``); group matrices and the pooled-vs-cross
+comparison average over seeds.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ def _entry(summary_file: Path, baseline_dir: Path, model: str) -> dict | None:
         return None
     method, _ = split_transfer(summary["method"])
     return {"hemisphere": summary["hemisphere"], "roi": summary["roi"],
-            "group": roi_group(summary["roi"]), "method": method, "model_subject": model,
+            "group": roi_group(summary["roi"]), "method": method, "seed": summary.get("seed"),
+            "model_subject": model,
             "target_subject": summary["subject"], "n_vertices": summary["n_vertices"],
             "mean_r": float(np.mean(r)), "mean_r_untuned": float(np.mean(baseline)),
             "fraction_improved": float(np.mean(r > baseline)),
@@ -48,33 +51,35 @@ def _entry(summary_file: Path, baseline_dir: Path, model: str) -> dict | None:
 
 
 def cross_subject_table(run: RunDirectory, methods: tuple[str, ...] = ("cl",)) -> pd.DataFrame:
-    """One row per (method, hemisphere, ROI, model subject, target subject), diagonal included.
+    """One row per (method, seed, hemisphere, ROI, model subject, target subject), diagonal
+    included.
 
-    Columns: hemisphere, roi, group, method, model_subject, target_subject, n_vertices, mean_r
+    Columns: hemisphere, roi, group, method, seed (tuning seed), model_subject, target_subject,
+    n_vertices, mean_r
     (R), mean_r_untuned (the target's untuned backbone on the same test images),
     fraction_improved (I), n_test, n_test_dropped.
     """
     rows = []
-    for summary_file in sorted(run.path(CROSS_SUBJECT, "encoding").glob("*/*/*/*/summary.json")):
-        method, source = split_transfer(summary_file.parent.name)
-        target, hemisphere, roi = summary_file.parts[-5:-2]
-        if method in methods and source is not None:
-            rows.append(_entry(summary_file, run.encoding_dir(target, hemisphere, roi, BASELINE),
-                               source))
-    for method in methods:
-        for summary_file in sorted(run.path("encoding").glob(f"*/*/*/{method}/summary.json")):
-            target, hemisphere, roi = summary_file.parts[-5:-2]
-            rows.append(_entry(summary_file, run.encoding_dir(target, hemisphere, roi, BASELINE),
-                               target))
+    for owner in (RunDirectory(run.path(CROSS_SUBJECT)), run):  # transfers, then diagonal
+        for summary_file in owner.result_summaries():
+            summary = json.loads(summary_file.read_text())
+            method, source = split_transfer(summary["method"])
+            if method not in methods or (owner is not run) != (source is not None):
+                continue
+            baseline = run.encoding_dir(summary["subject"], summary["hemisphere"],
+                                        summary["roi"], BASELINE)
+            rows.append(_entry(summary_file, baseline, source or summary["subject"]))
     table = pd.DataFrame([row for row in rows if row is not None])
     if table.empty:
         return table
-    return table.sort_values(["method", "hemisphere", "roi", "model_subject", "target_subject"],
-                             ignore_index=True)
+    table["seed"] = table["seed"].astype("Int64")
+    return table.sort_values(["method", "hemisphere", "roi", "model_subject", "target_subject",
+                              "seed"], ignore_index=True)
 
 
 def group_matrices(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean I and R over a group's hemisphere × ROI entries, per (model, target) pair.
+    """Mean I and R over a group's hemisphere × ROI entries (and tuning seeds), per (model,
+    target) pair.
 
     Groups: early, higher, and ``all`` (every entry). Columns: method, group, model_subject,
     target_subject, fraction_improved, mean_r, n_entries.
@@ -109,24 +114,26 @@ def pooled_vs_cross(cross: pd.DataFrame, encoding: pd.DataFrame,
     Returns
     -------
     DataFrame
-        Columns subject, hemisphere, roi, group, method, cross_pct (x = 100 · mean over
-        m ≠ t of I[m, t]), pooled_pct (y = % of vertices where the pooled backbone beats the
-        untuned one), n_models.
+        Columns subject, hemisphere, roi, group, method, seed (the tuning seed of the pooled
+        and the cross-subject models), cross_pct (x = 100 · mean over m ≠ t of I[m, t]),
+        pooled_pct (y = % of vertices where the pooled backbone beats the untuned one),
+        n_models.
     """
     others = cross[(cross["method"] == "cl")
                    & (cross["model_subject"] != cross["target_subject"])]
     if others.empty:
         return pd.DataFrame()
-    x = (others.groupby(["target_subject", "hemisphere", "roi"])["fraction_improved"]
+    x = (others.groupby(["target_subject", "hemisphere", "roi", "seed"])["fraction_improved"]
          .agg(["mean", "size"]).reset_index())
     pooled = encoding[encoding["method"].str.startswith("pooled")]
-    merged = x.merge(pooled, left_on=["target_subject", "hemisphere", "roi"],
-                     right_on=["subject", "hemisphere", "roi"])
+    merged = x.merge(pooled, left_on=["target_subject", "hemisphere", "roi", "seed"],
+                     right_on=["subject", "hemisphere", "roi", "seed"])
     merged = merged[~(merged["hemisphere"] + ":" + merged["roi"]).isin(exclude)]
     return pd.DataFrame({
         "subject": merged["subject"], "hemisphere": merged["hemisphere"],
         "roi": merged["roi"], "group": merged["roi"].map(roi_group),
-        "method": merged["method"], "cross_pct": 100.0 * merged["mean"],
+        "method": merged["method"], "seed": merged["seed"],
+        "cross_pct": 100.0 * merged["mean"],
         "pooled_pct": merged["pct_improved_vs_untuned"], "n_models": merged["size"],
     }).reset_index(drop=True)
 
@@ -134,10 +141,11 @@ def pooled_vs_cross(cross: pd.DataFrame, encoding: pd.DataFrame,
 def pooled_vs_cross_tests(points: pd.DataFrame) -> pd.DataFrame:
     """Paired tests of pooled_pct − cross_pct across target subjects, per pooled method and group.
 
-    Entries of one target subject (its hemisphere × ROI points) share the subject's data, so
-    they are not independent replicates: the differences are averaged within each target
-    subject first, and the tests run across subjects (`cortexcl.statistics.subject_tests`:
-    exact sign-flip permutation, Wilcoxon signed-rank, one-sample t; two-sided).
+    Entries of one target subject (its hemisphere × ROI points, and tuning seeds) share the
+    subject's data, so they are not independent replicates: the differences are averaged
+    within each target subject first, and the tests run across subjects
+    (`cortexcl.statistics.subject_tests`: exact sign-flip permutation, Wilcoxon signed-rank,
+    one-sample t; two-sided).
 
     Returns
     -------

@@ -18,7 +18,7 @@ import pandas as pd
 from cortexcl.atomic import atomic_write_csv
 from cortexcl.config import StatisticsConfig
 from cortexcl.evaluation.transfer import compare_results, split_transfer
-from cortexcl.rundir import RunDirectory
+from cortexcl.rundir import RunDirectory, seed_folder
 from cortexcl.statistics import P_UNIT_IMAGE, adjust_families, derive_seed
 
 NOD = "nod"
@@ -44,7 +44,7 @@ def nod_transfer_table(run: RunDirectory, seed: int = 0,
         The study's run (results under ``nod/encoding``).
     seed : int
         Base seed of the resamples; a row uses ``derive_seed(seed, "nod/<subject>/
-        <hemisphere>/<area>/<backbone>/vs/untuned")``.
+        <hemisphere>/<area>/<backbone>[/seed-<s>]/vs/untuned")``.
     statistics : StatisticsConfig, optional
         Numbers of permutations and bootstrap resamples.
 
@@ -52,21 +52,26 @@ def nod_transfer_table(run: RunDirectory, seed: int = 0,
     -------
     DataFrame
         Columns subject, hemisphere, roi, method, source (the NSD subject, ``pooled``, or empty
-        for untuned), n_vertices, mean_r, mean_r_untuned, then against the untuned backbone on
-        the same test trials: delta_r (mean over vertices of r − r_untuned), ci_low, ci_high
-        (bootstrap 95 %), p (permutation test; ``p_unit`` = test image), p_holm, p_bh
-        (family: one method across every NOD subject × hemisphere × area × source),
-        pct_improved (vertices improved, descriptive), n_test; and best_layer.
+        for untuned), seed (the tuning seed; empty for untuned), n_vertices, mean_r,
+        mean_r_untuned, then against the untuned backbone on the same test trials: delta_r
+        (mean over vertices of r − r_untuned), ci_low, ci_high (bootstrap 95 %), p
+        (permutation test; ``p_unit`` = test image), p_holm, p_bh (family: one method and
+        seed across every NOD subject × hemisphere × area × source), pct_improved (vertices
+        improved, descriptive), n_test; and best_layer.
     """
     statistics = statistics or StatisticsConfig()
     rows = []
-    for summary_file in sorted(run.path(NOD, "encoding").glob("*/*/*/*/summary.json")):
+    nod = RunDirectory(run.path(NOD))
+    for summary_file in nod.result_summaries():
         summary = json.loads(summary_file.read_text())
         folder = summary_file.parent
         method, source = split_transfer(summary["method"])
-        untuned = folder.with_name(BASELINE)
+        untuned = nod.encoding_dir(summary["subject"], summary["hemisphere"], summary["roi"],
+                                   BASELINE)
+        replicate = "" if summary.get("seed") is None else f"/{seed_folder(summary['seed'])}"
         row = {"subject": summary["subject"], "hemisphere": summary["hemisphere"],
                "roi": summary["roi"], "method": method, "source": source or "",
+               "seed": summary.get("seed"),
                "n_vertices": summary["n_vertices"], "mean_r": summary["mean_r"],
                "mean_r_untuned": np.nan, "delta_r": np.nan, "ci_low": np.nan,
                "ci_high": np.nan, "p": np.nan, "p_unit": P_UNIT_IMAGE,
@@ -76,7 +81,7 @@ def nod_transfer_table(run: RunDirectory, seed: int = 0,
             row["mean_r_untuned"] = json.loads((untuned / "summary.json").read_text())["mean_r"]
         if method != BASELINE and (untuned / "summary.json").is_file():
             key = f"nod/{summary['subject']}/{summary['hemisphere']}/{summary['roi']}/" \
-                  f"{summary['method']}/vs/{BASELINE}"
+                  f"{summary['method']}{replicate}/vs/{BASELINE}"
             result = compare_results(folder, untuned, seed=derive_seed(seed, key),
                                      n_permutations=statistics.n_permutations,
                                      n_bootstrap=statistics.n_bootstrap)
@@ -85,12 +90,14 @@ def nod_transfer_table(run: RunDirectory, seed: int = 0,
         rows.append(row)
     table = pd.DataFrame(rows)
     if not table.empty:
-        adjust_families(table, ["p"], by=["method"])
+        table["seed"] = table["seed"].astype("Int64")
+        adjust_families(table, ["p"], by=["method", "seed"])
     return table
 
 
 def nod_transfer_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean and spread over source backbones and NOD subjects, per hemisphere × area × method.
+    """Mean and spread over source backbones, their tuning seeds and NOD subjects, per
+    hemisphere × area × method.
 
     Columns: hemisphere, roi, method, n_models, mean_r, sd_r, min_r, max_r, mean_r_untuned,
     mean_delta_r, mean_pct_improved.

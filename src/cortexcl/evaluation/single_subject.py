@@ -7,11 +7,16 @@ Reads the per-ROI encoding results of a run and writes the long tables:
   against the untuned and the regression-tuned backbones, on the test images the two share:
   Δr (mean over vertices of r − r_baseline) with its bootstrap 95 % interval, the permutation
   p-value (unit: the test image; ``p_unit``), Holm and Benjamini–Hochberg adjusted p-values
-  (family: one comparison, e.g. CL vs untuned, over every subject × hemisphere × ROI of the
-  table), and the percentage of vertices improved (descriptive, no test);
-* ``tables/groups.csv``: per hemisphere × ROI group × method, the mean over ROIs within a
-  subject, then mean and SD over subjects, with paired tests across subjects (unit: the
-  subject) and their Holm and Benjamini–Hochberg adjustments;
+  (family: one comparison, e.g. CL vs untuned, of one tuning seed, over every subject ×
+  hemisphere × ROI of the table), and the percentage of vertices improved (descriptive, no
+  test). A tuned backbone has one row per tuning seed (``seed``; empty for the untuned one),
+  compared with the untuned backbone and with the RT backbone of the same seed;
+* ``tables/seeds.csv`` (tuned backbones): per subject × hemisphere × ROI × method, the spread
+  over tuning seeds of mean r and of Δr (mean, SD, min, max, and the 95 % t interval of the
+  mean over seeds; unit: the tuning seed), and how many seeds were significant after Holm;
+* ``tables/groups.csv``: per hemisphere × ROI group × method, the mean over tuning seeds and
+  ROIs within a subject, then mean and SD over subjects, with paired tests across subjects
+  (unit: the subject) and their Holm and Benjamini–Hochberg adjustments;
 * ``tables/excluded.csv`` and ``tables/mutual_info.csv`` when there is something to list.
 """
 
@@ -22,14 +27,16 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from cortexcl.atomic import atomic_write_csv
 from cortexcl.config import StatisticsConfig, StudyConfig
 from cortexcl.data.rois import ROI_GROUPS
 from cortexcl.evaluation.transfer import compare_results
-from cortexcl.rundir import RunDirectory, read_table
+from cortexcl.rundir import RunDirectory, read_table, seed_folder
 from cortexcl.statistics import (
     P_UNIT_IMAGE,
+    P_UNIT_SEED,
     P_UNIT_SUBJECT,
     adjust_families,
     derive_seed,
@@ -53,25 +60,28 @@ def collect_results(run: RunDirectory, methods: Sequence[str] | None = None, see
         Keep only these methods (all by default); the families of the adjusted p-values are
         formed after this selection.
     seed : int
-        Base seed of the resamples; the comparison of ``method`` with ``baseline`` on
-        subject × hemisphere × ROI uses ``derive_seed(seed, "<subject>/<hemisphere>/<roi>/
-        <method>/vs/<baseline>")``.
+        Base seed of the resamples (a study's split seed); the comparison of ``method`` with
+        ``baseline`` on subject × hemisphere × ROI uses ``derive_seed(seed, "<subject>/
+        <hemisphere>/<roi>/<method>/vs/<baseline>")``, with ``/seed-<s>`` after the method
+        for a tuned backbone's replicate.
     statistics : StatisticsConfig, optional
         Numbers of permutations and bootstrap resamples.
 
     Returns
     -------
     DataFrame
-        The results' ``summary.json`` fields, then ``p_unit`` and, per baseline b,
+        The results' ``summary.json`` fields (``seed``: the tuning seed, empty for the untuned
+        backbone), then ``p_unit`` and, per baseline b (the RT baseline of the same seed),
         ``delta_r_vs_b``, ``ci_low_vs_b``, ``ci_high_vs_b``, ``p_vs_b``, ``p_holm_vs_b``,
         ``p_bh_vs_b``, ``pct_improved_vs_b`` and ``n_test_vs_b`` (test images compared: a
         result that dropped test images, such as a pooled backbone, is compared on its own
         rows). NaN where the baseline is missing (or not among ``methods``) or is the method
-        itself.
+        itself, and for the untuned backbone against a seeded baseline (the RT rows hold
+        that comparison, once per seed).
     """
     statistics = statistics or StatisticsConfig()
     rows = []
-    for summary_file in sorted(run.path("encoding").glob("*/*/*/*/summary.json")):
+    for summary_file in run.result_summaries():
         summary = json.loads(summary_file.read_text())
         mi_file = summary_file.with_name("mutual_info.json")
         if mi_file.is_file():
@@ -82,19 +92,23 @@ def collect_results(run: RunDirectory, methods: Sequence[str] | None = None, see
         return table
     if methods is not None:
         table = table[table["method"].isin(methods)]
-    table = table.sort_values([*ENTRY, "method"], ignore_index=True)
+    table["seed"] = table.get("seed", pd.Series(dtype=object)).astype("Int64")
+    table = table.sort_values([*ENTRY, "method", "seed"], ignore_index=True)
     table["p_unit"] = P_UNIT_IMAGE
     for baseline in BASELINES:
         columns = {name: np.full(len(table), np.nan) for name in (
             "delta_r", "ci_low", "ci_high", "p", "pct_improved", "n_test")}
         for i, row in enumerate(table.itertuples()):
-            other = run.encoding_dir(row.subject, row.hemisphere, row.roi, baseline)
+            seed_ = None if pd.isna(row.seed) else int(row.seed)
+            other = run.encoding_dir(row.subject, row.hemisphere, row.roi, baseline,
+                                     None if baseline == "untuned" else seed_)
             wanted = methods is None or baseline in methods
             if row.method == baseline or not wanted or not (other / "summary.json").is_file():
                 continue
-            key = f"{row.subject}/{row.hemisphere}/{row.roi}/{row.method}/vs/{baseline}"
+            replicate = "" if seed_ is None else f"/{seed_folder(seed_)}"
+            key = f"{row.subject}/{row.hemisphere}/{row.roi}/{row.method}{replicate}/vs/{baseline}"
             result = compare_results(
-                run.encoding_dir(row.subject, row.hemisphere, row.roi, row.method), other,
+                run.encoding_dir(row.subject, row.hemisphere, row.roi, row.method, seed_), other,
                 seed=derive_seed(seed, key), n_permutations=statistics.n_permutations,
                 n_bootstrap=statistics.n_bootstrap)
             for name in columns:
@@ -102,16 +116,68 @@ def collect_results(run: RunDirectory, methods: Sequence[str] | None = None, see
         for name, values in columns.items():
             table[f"{name}_vs_{baseline}"] = values if name != "n_test" else pd.array(
                 values, dtype="Int64")
-        adjust_families(table, [f"p_vs_{baseline}"], by=["method"])
-    first = [*ENTRY, "method"]  # key columns first, the others in their order
+        adjust_families(table, [f"p_vs_{baseline}"], by=["method", "seed"])
+    first = [*ENTRY, "method", "seed"]  # key columns first, the others in their order
     table = table[first + [c for c in table.columns if c not in first]]
     return table.sort_values(first, ignore_index=True)
+
+
+def seed_summary(table: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """The spread of each tuned backbone's results over its tuning seeds.
+
+    Parameters
+    ----------
+    table : DataFrame
+        `collect_results` (rows without a seed, such as the untuned backbone's, are skipped).
+    confidence : float
+        Level of the interval of the mean over seeds.
+
+    Returns
+    -------
+    DataFrame
+        One row per subject × hemisphere × ROI × method: ``n_seeds``; ``mean_r``, ``sd_r``,
+        ``min_r``, ``max_r`` over seeds; per baseline b, ``delta_r_vs_b`` (mean over seeds),
+        ``sd_delta_r_vs_b``, ``min_delta_r_vs_b``, ``max_delta_r_vs_b``, ``ci_low_vs_b`` and
+        ``ci_high_vs_b`` (Student t interval of the mean over seeds,
+        mean ± t₀.₉₇₅,ₙ₋₁ · SD / √n; NaN with one seed; unit: the tuning seed, so it
+        describes tuning variability, not the test images') and ``n_significant_vs_b`` (seeds
+        with Holm-adjusted p < 0.05). Empty when no row has a seed.
+    """
+    seeded = table[table["seed"].notna()] if "seed" in table else table.iloc[:0]
+    rows = []
+    for (subject, hemisphere, roi, method), part in seeded.groupby([*ENTRY, "method"]):
+        row = {"subject": subject, "hemisphere": hemisphere, "roi": roi, "method": method,
+               "n_seeds": len(part), "seed_unit": P_UNIT_SEED, **_spread(part["mean_r"], "r")}
+        for baseline in BASELINES:
+            delta = part.get(f"delta_r_vs_{baseline}", pd.Series(dtype=float)).dropna()
+            if delta.empty:
+                continue
+            spread = _spread(delta, f"delta_r_vs_{baseline}")
+            row.update({f"delta_r_vs_{baseline}": spread.pop(f"mean_delta_r_vs_{baseline}"),
+                        **spread})
+            if delta.size > 1:
+                low, high = stats.t.interval(confidence, delta.size - 1, loc=delta.mean(),
+                                             scale=delta.std(ddof=1) / np.sqrt(delta.size))
+            else:
+                low = high = np.nan
+            row.update({f"ci_low_vs_{baseline}": low, f"ci_high_vs_{baseline}": high,
+                        f"n_significant_vs_{baseline}": int(
+                            (part[f"p_holm_vs_{baseline}"] < 0.05).sum())})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _spread(values: pd.Series, name: str) -> dict[str, float]:
+    return {f"mean_{name}": float(values.mean()), f"sd_{name}": float(values.std(ddof=1)),
+            f"min_{name}": float(values.min()), f"max_{name}": float(values.max())}
 
 
 def group_summary(table: pd.DataFrame) -> pd.DataFrame:
     """Group means (early / higher / streams) across subjects with paired tests.
 
-    Within a subject, ROIs of a group are averaged without weights, using only the ROIs that
+    Within a subject, a tuned backbone's results are first averaged over its tuning seeds
+    (replicates of one subject, not independent units), then ROIs of a group are averaged
+    without weights, using only the ROIs that
     every method of the table has (docs/method.md §3.4); then mean and SD over subjects. Each method
     is compared with each baseline across subjects (the unit of replication is the subject;
     `cortexcl.statistics.subject_tests`): exact sign-flip permutation, Wilcoxon signed-rank and
@@ -121,6 +187,7 @@ def group_summary(table: pd.DataFrame) -> pd.DataFrame:
     cannot reach 0.05 or a test is undefined.
     """
     rows = []
+    table = table.groupby([*ENTRY, "method"], as_index=False)["mean_r"].mean()
     methods = sorted(table["method"].unique())
     for group, members in ROI_GROUPS.items():
         part = table[table["roi"].isin(members)]
@@ -158,11 +225,15 @@ def write_tables(run: RunDirectory, config: StudyConfig | None = None) -> pd.Dat
     if config is None:
         table = collect_results(run)
     else:
-        table = collect_results(run, config.methods, config.seed, config.evaluation.statistics)
+        table = collect_results(run, config.methods, config.split_seed,
+                                config.evaluation.statistics)
     if table.empty:
         return table
     atomic_write_csv(run.path("tables", "encoding.csv"), table)
     atomic_write_csv(run.path("tables", "groups.csv"), group_summary(table))
+    seeds = seed_summary(table)
+    if not seeds.empty:
+        atomic_write_csv(run.path("tables", "seeds.csv"), seeds)
     excluded = [read_table(path) for path in sorted(run.path("jobs").glob("**/excluded.csv"))
                 if path.stat().st_size > 1]
     if excluded:
@@ -170,28 +241,36 @@ def write_tables(run: RunDirectory, config: StudyConfig | None = None) -> pd.Dat
                    pd.concat(excluded, ignore_index=True).drop_duplicates())
     if "mi_bits" in table:
         columns = [c for c in table.columns if c.startswith("mi_")]
-        atomic_write_csv(run.path("tables", "mutual_info.csv"),
-                   table.dropna(subset=["mi_bits"])[[*ENTRY, "method", "n_vertices", *columns]])
+        atomic_write_csv(run.path("tables", "mutual_info.csv"), table.dropna(
+            subset=["mi_bits"])[[*ENTRY, "method", "seed", "n_vertices", *columns]])
     return table
 
 
 def comparison_table(table: pd.DataFrame) -> pd.DataFrame:
     """A compact per-ROI view for the terminal: mean test r per method and CL's gains.
 
-    Columns: one per method (mean test r), then for CL against the untuned and the RT
-    backbones when those are present: ``CL>untuned %`` (vertices improved, descriptive),
-    ``Δr (untuned)`` (mean r difference on the shared test images), ``p (untuned)`` (the
-    permutation test over test images) and ``p Holm (untuned)`` (adjusted over every
-    subject × hemisphere × ROI of the table); the same for RT.
+    Columns: one per method (mean test r; for tuned backbones the mean over tuning seeds),
+    then for CL against the untuned and the RT backbones when those are present:
+    ``CL>untuned %`` (vertices improved, descriptive), ``Δr (untuned)`` (mean r difference on
+    the shared test images) and, with one tuning seed, ``p (untuned)`` (the permutation test
+    over test images) and ``p Holm (untuned)`` (adjusted over every subject × hemisphere × ROI
+    of the table); with several seeds, ``Δr SD (untuned)`` (over seeds) and ``max p Holm
+    (untuned)`` (the least significant seed). The same for RT.
     """
     keys = ["hemisphere", "roi"] if table["subject"].nunique() == 1 else ENTRY
     wide = table.pivot_table(index=keys, columns="method", values="mean_r").reset_index()
     wide.columns.name = None
-    cl = table[table["method"] == "cl"].set_index(keys)
+    cl = table[table["method"] == "cl"].groupby(keys)
+    several = not table[table["method"] == "cl"].empty and cl.size().max() > 1
     index = wide.set_index(keys).index
     for baseline, label in (("untuned", "untuned"), ("rt", "RT")):
-        if f"p_vs_{baseline}" in cl and cl[f"p_vs_{baseline}"].notna().any():
-            for column, title in (("pct_improved", f"CL>{label} %"), ("delta_r", f"Δr ({label})"),
-                                  ("p", f"p ({label})"), ("p_holm", f"p Holm ({label})")):
-                wide[title] = index.map(cl[f"{column}_vs_{baseline}"]).to_numpy()
+        if not (f"p_vs_{baseline}" in table and table.loc[table["method"] == "cl",
+                                                            f"p_vs_{baseline}"].notna().any()):
+            continue
+        columns = [("pct_improved", "mean", f"CL>{label} %"), ("delta_r", "mean", f"Δr ({label})")]
+        columns += ([("delta_r", "std", f"Δr SD ({label})"),
+                     ("p_holm", "max", f"max p Holm ({label})")] if several else
+                    [("p", "mean", f"p ({label})"), ("p_holm", "mean", f"p Holm ({label})")])
+        for column, statistic, title in columns:
+            wide[title] = index.map(cl[f"{column}_vs_{baseline}"].agg(statistic)).to_numpy()
     return wide

@@ -49,7 +49,7 @@ def landscape_figure(results: RunResults, out_dir: Path) -> ReportFigure | None:
     distances = distances.set_index("model")
     settings = results.read_table("landscape.csv").iloc[0]
     variant = str(settings["variant"])
-    embedding = embed(distances, variant, seed=int(settings["seed"]))
+    embedding = embed(distances, variant, seed=int(settings["embedding_seed"]))
     groups = {}
     labels = accuracy.astype({"hemisphere": object, "roi": object})
     for row in labels.fillna({"hemisphere": "", "roi": ""}).itertuples():

@@ -33,7 +33,7 @@ from cortexcl.atomic import atomic_write_bytes
 from cortexcl.data.rois import HEMISPHERES, ROI_NAMES, WHOLE_HEMISPHERE
 from cortexcl.errors import InputError
 from cortexcl.metrics import percent_improved
-from cortexcl.rundir import read_table
+from cortexcl.rundir import read_table, seed_folder
 
 BASELINE = "untuned"
 METHOD_ORDER = ("untuned", "cl", "rt", "pooled-avg", "pooled-const")
@@ -112,6 +112,8 @@ class RunResults:
         self.subjects = sorted(str(s) for s in table["subject"].unique())
         self.hemispheres = ordered(table["hemisphere"].unique(), HEMISPHERES)
         self.rois = ordered(table["roi"].unique(), (*ROI_NAMES, WHOLE_HEMISPHERE))
+        self.seeds = sorted(int(s) for s in table["seed"].dropna().unique()) \
+            if "seed" in table else []
 
     def path(self, *parts: str) -> Path:
         """Return ``root / parts``."""
@@ -154,10 +156,22 @@ class RunResults:
             return None
         return None if table.empty else table
 
+    def result_dirs(self, subject: str, hemisphere: str, roi: str, method: str) -> list[Path]:
+        """Folders of a backbone's results: the untuned one's, or one per tuning seed."""
+        folder = self.path("encoding", subject, hemisphere, roi, method)
+        if (folder / "summary.json").is_file():
+            return [folder]
+        return sorted(path.parent for path in folder.glob(f"{seed_folder('*')}/summary.json"))
+
     def voxel_r(self, subject: str, hemisphere: str, roi: str, method: str) -> np.ndarray | None:
-        """Per-vertex test r of one result, or None when the run lacks it."""
-        path = self.path("encoding", subject, hemisphere, roi, method, "voxel_r.npy")
-        return np.load(path, allow_pickle=False) if path.is_file() else None
+        """Per-vertex test r of one result (the mean over its tuning seeds), or None when the
+        run lacks it."""
+        values = [np.load(folder / "voxel_r.npy", allow_pickle=False)
+                  for folder in self.result_dirs(subject, hemisphere, roi, method)
+                  if (folder / "voxel_r.npy").is_file()]
+        if not values or any(value.shape != values[0].shape for value in values):
+            return None
+        return np.mean(values, axis=0)
 
 
 def ordered(values: Iterable, order: Sequence[str]) -> list[str]:
@@ -218,19 +232,26 @@ def timed(draw: Callable[[], ReportFigure | None]) -> ReportFigure | None:
 def roi_summary(table: pd.DataFrame) -> pd.DataFrame:
     """Mean, SD (ddof 1) and number of subjects of the per-subject mean r.
 
-    Indexed by hemisphere, ROI and method; SD is NaN for a single subject.
+    A tuned backbone's tuning seeds are averaged within each subject first. Indexed by
+    hemisphere, ROI and method; SD is NaN for a single subject.
     """
-    return table.groupby(["hemisphere", "roi", "method"])["mean_r"].agg(
+    per_subject = table.groupby(["hemisphere", "roi", "method", "subject"])["mean_r"].mean()
+    return per_subject.groupby(["hemisphere", "roi", "method"]).agg(
         mean="mean", sd="std", n_subjects="count")
 
 
 def roi_bars(results: RunResults, out_dir: Path) -> ReportFigure:
     """Grouped bars of the mean test r per ROI (x) and backbone, one panel per hemisphere.
 
-    Bars are means over subjects of each subject's mean r over the ROI's vertices; error bars
-    are the SD across subjects when the run has two subjects or more.
+    Bars are means over subjects of each subject's mean r over the ROI's vertices (averaged
+    over tuning seeds); error bars are the SD across subjects when the run has two subjects or
+    more; with several tuning seeds, black dots show each seed's result (subject mean).
     """
     stats = roi_summary(results.table)
+    # Each seed's mean over subjects, per hemisphere × ROI × method.
+    seeded = ({key: part.groupby("seed")["mean_r"].mean().to_numpy() for key, part in
+               results.table.dropna(subset=["seed"]).groupby(["hemisphere", "roi", "method"])}
+              if len(results.seeds) > 1 else {})
     methods, rois = results.methods, results.rois
     with_sd = len(results.subjects) >= 2
     width = 0.8 / len(methods)
@@ -243,9 +264,14 @@ def roi_bars(results: RunResults, out_dir: Path) -> ReportFigure:
             present = [i for i, key in enumerate(keys) if key in stats.index]
             rows = stats.loc[[keys[i] for i in present]]
             errors = rows["sd"].fillna(0.0).to_numpy() if with_sd else None
-            ax.bar(np.array(present) + (k - (len(methods) - 1) / 2) * width, rows["mean"],
-                   width, yerr=errors, capsize=2, color=method_color(method), label=method,
-                   error_kw={"elinewidth": 0.8})
+            x = np.array(present) + (k - (len(methods) - 1) / 2) * width
+            ax.bar(x, rows["mean"], width, yerr=errors, capsize=2, color=method_color(method),
+                   label=method, error_kw={"elinewidth": 0.8})
+            for position, i in zip(x, present, strict=True):
+                if keys[i] in seeded:
+                    values = seeded[keys[i]]
+                    ax.plot(np.full(values.size, position), values, linestyle="", marker="o",
+                            markersize=2.5, color="black", zorder=3)
         ax.axhline(0.0, color="black", linewidth=0.6)
         ax.set_xticks(range(len(rois)), rois, rotation=45 if len(rois) > 8 else 0,
                       ha="right" if len(rois) > 8 else "center")
@@ -254,11 +280,17 @@ def roi_bars(results: RunResults, out_dir: Path) -> ReportFigure:
         ax.set_title(HEMISPHERE_NAMES.get(hemisphere, hemisphere), fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     handles = [Patch(color=method_color(m), label=m) for m in methods]
-    fig.legend(handles=handles, loc="outside upper center", ncols=len(methods), frameon=False)
+    if seeded:
+        handles.append(Line2D([], [], linestyle="", marker="o", markersize=3, color="black",
+                              label="one tuning seed"))
+    fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), frameon=False)
     path = save_figure(fig, out_dir / "roi_bars.png")
     n = len(results.subjects)
     spread = ("error bars: SD across subjects" if with_sd
               else "one subject, so no error bars")
+    if seeded:
+        spread += (f"; dots: each of the {len(results.seeds)} tuning seeds of a tuned backbone, "
+                   f"whose bar is their mean")
     caption = (f"Mean test Pearson r over the vertices of each ROI for every backbone "
                f"(mean over {n} subject{'s' if n > 1 else ''}; {spread}). Each ROI has its own "
                f"encoding model whose layer and ridge penalties were chosen on validation images.")
@@ -322,19 +354,26 @@ def vertex_scatter(results: RunResults, out_dir: Path) -> ReportFigure | None:
     caption = ("Test r of every vertex under each tuned backbone (y) against the untuned "
                "backbone (x), vertices of all subjects pooled, coloured by ROI. Points above the "
                "dashed identity line are vertices the tuned backbone predicts better; the "
-               "title gives their percentage.")
+               "title gives their percentage."
+               + (f" A tuned backbone's r is the mean over its {len(results.seeds)} tuning "
+                  "seeds." if len(results.seeds) > 1 else ""))
     return ReportFigure("vertex_scatter", path, "Per-vertex comparison with the untuned "
                         "backbone", caption)
 
 
 def _layer_scores(results: RunResults, subject: str, method: str
                   ) -> dict[tuple[str, str], pd.DataFrame]:
+    """Each ROI's layer scores; over tuning seeds, the mean score and every layer a seed chose."""
     scores = {}
     for hemisphere in results.hemispheres:
         for roi in results.rois:
-            path = results.path("encoding", subject, hemisphere, roi, method, "layer_scores.csv")
-            if path.is_file():
-                scores[hemisphere, roi] = pd.read_csv(path)
+            frames = [pd.read_csv(folder / "layer_scores.csv")
+                      for folder in results.result_dirs(subject, hemisphere, roi, method)
+                      if (folder / "layer_scores.csv").is_file()]
+            if frames:
+                scores[hemisphere, roi] = (pd.concat(frames).groupby("layer", sort=False)
+                                           .agg(mean_val_r=("mean_val_r", "mean"),
+                                                selected=("selected", "any")).reset_index())
     return scores
 
 
@@ -394,8 +433,12 @@ def layer_matrix(results: RunResults, out_dir: Path, subject: str) -> ReportFigu
     path = save_figure(fig, out_dir / "layer_matrix.png")
     caption = (f"Selection score of every candidate layer for each ROI of {subject}: the mean "
                f"over the ROI's vertices of the validation r of the best ridge penalty (the "
-               f"cross-validated r under the paper protocol). The outlined cell is the layer "
-               f"chosen for the ROI, whose test r the tables report.")
+               f"cross-validated r under the paper protocol)"
+               + (f", averaged over the {len(results.seeds)} tuning seeds of a tuned backbone"
+                  if len(results.seeds) > 1 else "")
+               + ". The outlined cell is the layer chosen for the ROI, whose test r the "
+               "tables report" + (" (every layer some seed chose)" if len(results.seeds) > 1
+                                  else "") + ".")
     return ReportFigure("layer_matrix", path, f"ROI × layer selection scores ({subject})",
                         caption)
 
@@ -406,14 +449,15 @@ def training_curves(results: RunResults, out_dir: Path, subject: str) -> ReportF
     One panel per tuned method × hemisphere, one colour per ROI; subject-specific backbones of
     ``subject`` and the pooled backbones.
     """
-    logs: dict[tuple[str, str], list[tuple[str, pd.DataFrame]]] = {}
+    logs: dict[tuple[str, str], list[tuple[str, Path, pd.DataFrame]]] = {}
     for method in results.methods:
         owner = "pooled" if method.startswith("pooled") else subject
         for hemisphere in results.hemispheres:
             for roi in results.rois:
-                path = results.path("models", owner, hemisphere, roi, method, "train_log.csv")
-                if path.is_file():
-                    logs.setdefault((method, hemisphere), []).append((roi, pd.read_csv(path)))
+                folder = results.path("models", owner, hemisphere, roi, method)
+                for path in sorted(folder.glob(f"{seed_folder('*')}/train_log.csv")):
+                    logs.setdefault((method, hemisphere), []).append(
+                        (roi, path.parent, pd.read_csv(path)))
     if not logs:
         return None
     methods = [m for m in results.methods if any(k[0] == m for k in logs)]
@@ -427,14 +471,13 @@ def training_curves(results: RunResults, out_dir: Path, subject: str) -> ReportF
         for col, hemisphere in enumerate(hemispheres):
             ax = axes[row, col]
             chance = set()
-            for roi, log in logs.get((method, hemisphere), []):
+            for roi, model, log in logs.get((method, hemisphere), []):
                 style = {"color": colors[roi], "linewidth": 1.2, "marker": "o", "markersize": 3}
                 ax.plot(log["epoch"], log["train_loss"], **style)
                 if "val_loss" in log and log["val_loss"].notna().any():
                     ax.plot(log["epoch"], log["val_loss"], linestyle="--", **style)
                 shown.add(roi)
-                batches = _batch_sizes(results.path("models", "pooled" if method.startswith(
-                    "pooled") else subject, hemisphere, roi, method))
+                batches = _batch_sizes(model)
                 if method != "rt":
                     chance.update(batches.items())
             for part, batch in sorted(chance):
@@ -462,7 +505,9 @@ def training_curves(results: RunResults, out_dir: Path, subject: str) -> ReportF
                f"chance (log of the batch size, in nats) for a training batch (dotted) and a "
                f"validation batch (dash-dotted); a curve below its line has learned to match "
                f"images and responses. "
-               f"Regression tuning (rt) shows its mean squared error.")
+               f"Regression tuning (rt) shows its mean squared error."
+               + (f" Each of the {len(results.seeds)} tuning seeds draws its own curves."
+                  if len(results.seeds) > 1 else ""))
     return ReportFigure("training_curves", path, "Tuning curves", caption)
 
 

@@ -100,10 +100,23 @@ def render_report(results: RunResults, figures: list[ReportFigure], notes: list[
              f"{_e(', created ' + manifest['created']) if 'created' in manifest else ''}.</p>",
              _overview(results, manifest), _weights_section(results, manifest),
              "<h2>Results</h2>", _comparison(results)]
+    seeds = results.read_table("seeds.csv")
+    if seeds is not None and (seeds["n_seeds"] > 1).any():
+        parts += ["<h3>Spread over tuning seeds</h3>",
+                  "<p class='note'>Each tuned backbone was tuned once per seed (the seed sets "
+                  "the heads' initialisation and the batch order; the split and the untuned "
+                  "backbone are the same for all). Per subject × hemisphere × ROI: mean r over "
+                  "the seeds with its SD, minimum and maximum, and Δr against each baseline: "
+                  "its mean over seeds, SD and the 95 % t interval of that mean (unit: the "
+                  "tuning seed; it shows how much a result depends on the tuning run, and is "
+                  "no test of the method), and how many seeds were significant after Holm "
+                  "(n_significant).</p>",
+                  html_table(seeds.drop(columns=["seed_unit"], errors="ignore"))]
     groups = results.read_table("groups.csv")
     if groups is not None:
         parts += ["<h3>ROI groups</h3>",
-                  "<p class='note'>Per subject, the mean over the ROIs of each group that every "
+                  "<p class='note'>Per subject, the mean over tuning seeds and over the ROIs "
+                  "of each group that every "
                   "backbone has; then mean and SD over subjects, with paired tests whose unit "
                   "is the subject (p_signflip: exact sign-flip permutation test, p_wilcoxon: "
                   "Wilcoxon signed-rank, p_t: paired t test; _holm and _bh: Holm and "
@@ -134,7 +147,8 @@ def render_report(results: RunResults, figures: list[ReportFigure], notes: list[
     parts += ["<h2>Tables and settings</h2>",
               _details("All results (tables/encoding.csv)", html_table(_keys_first(results.table)))]
     for path in sorted(results.path("tables").glob("*.csv")):
-        if path.name not in ("encoding.csv", "groups.csv", "excluded.csv", "mutual_info.csv"):
+        if path.name not in ("encoding.csv", "groups.csv", "excluded.csv", "mutual_info.csv",
+                             "seeds.csv"):
             table = results.read_table(path.name)
             if table is not None:
                 parts.append(_details(f"tables/{path.name}", html_table(table)))
@@ -199,10 +213,19 @@ def format_number(column: str, value: float) -> str:
 def comparison_frame(table: pd.DataFrame) -> tuple[pd.DataFrame, dict[int, set[str]]]:
     """One row per subject × hemisphere × ROI: mean test r of each backbone and the gains.
 
+    A tuned backbone with several tuning seeds shows the mean over its seeds of r, of the
+    share of vertices improved and of Δr, and the largest (least significant) of its seeds'
+    p-values.
+
     Returns the table and, per row, the backbone column(s) with the highest r (for bold type).
     """
     methods = ordered(table["method"].unique(), METHOD_ORDER)
-    indexed = table.set_index([*_KEY, "method"])
+    several = "seed" in table and table.groupby([*_KEY, "method"]).size().max() > 1
+    numeric = [c for c in table.columns if c not in (*_KEY, "method", "seed")
+               and pd.api.types.is_numeric_dtype(table[c])]
+    indexed = table.groupby([*_KEY, "method"]).agg(
+        {c: "max" if c.startswith("p_") else "mean" for c in numeric})
+    p_label = "max p over seeds" if several else "p"
     frame = table[_KEY].drop_duplicates().sort_values(_KEY, key=_sort_key)
     frame = frame.reset_index(drop=True)
     entries = list(frame.itertuples(index=False, name=None))
@@ -221,8 +244,9 @@ def comparison_frame(table: pd.DataFrame) -> tuple[pd.DataFrame, dict[int, set[s
                 continue
             for column, label in ((f"pct_improved_vs_{baseline}", f"{method} % > {baseline}"),
                                   (f"delta_r_vs_{baseline}", f"{method} − {baseline} Δr"),
-                                  (f"p_vs_{baseline}", f"{method} vs {baseline} p"),
-                                  (f"p_holm_vs_{baseline}", f"{method} vs {baseline} Holm p")):
+                                  (f"p_vs_{baseline}", f"{method} vs {baseline} {p_label}"),
+                                  (f"p_holm_vs_{baseline}",
+                                   f"{method} vs {baseline} Holm {p_label}")):
                 if column in indexed:
                     frame[label] = values(column, method)
     best = {}
@@ -263,7 +287,8 @@ def _overview(results: RunResults, manifest: dict) -> str:
              ("Hemispheres", ", ".join(results.hemispheres)),
              ("ROIs", ", ".join(results.rois)),
              ("Backbones", ", ".join(results.methods))]
-    for column, label in (("protocol", "Protocol"), ("seed", "Seed"), ("refit", "Refit"),
+    for column, label in (("protocol", "Protocol"), ("split_seed", "Split seed"),
+                          ("seed", "Tuning seeds"), ("refit", "Refit"),
                           ("n_train", "Train images"), ("n_val", "Validation images"),
                           ("n_test", "Test images")):
         if column in table:

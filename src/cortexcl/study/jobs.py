@@ -26,11 +26,14 @@ from cortexcl.data.nod import NOD_ROIS, nod_subject_name
 from cortexcl.encoding.pipeline import RESULT_FORMAT
 from cortexcl.evaluation.nod_transfer import nsd_counterpart
 from cortexcl.evaluation.transfer import transfer_method
+from cortexcl.rundir import seed_folder
 
 DONE = "done.json"
 STARTED = "started.json"
 TUNED_METHODS = ("cl", "rt")
 POOLED_METHODS = ("pooled-avg", "pooled-const")
+TunedKey = tuple[str, str, str, str, int]
+"""(method, subject or ``pooled``, hemisphere, ROI, tuning seed) of a tuning job."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,9 @@ class Job:
         ``subjNN``, ``pooled`` for pooled tuning, ``all`` for aggregation.
     hemisphere, roi : str
         ``all`` when the job covers every hemisphere or ROI of the study.
+    seed : int or None
+        Tuning seed (replicate) of the backbone the job tunes or uses; None for the untuned
+        backbone and for jobs over all backbones.
     depends_on : tuple of str
         Keys of the jobs that must finish first.
     settings : str
@@ -61,18 +67,21 @@ class Job:
     subject: str
     hemisphere: str = "all"
     roi: str = "all"
+    seed: int | None = None
     depends_on: tuple[str, ...] = field(default=(), compare=False)
     settings: str = field(default="", compare=False)
 
     @property
     def key(self) -> str:
         """Unique, readable name of the job, also its output folder below the run."""
-        return "/".join((self.kind, self.method, self.subject, self.hemisphere, self.roi))
+        parts = (self.kind, self.method, self.subject, self.hemisphere, self.roi)
+        return "/".join(parts if self.seed is None else (*parts, seed_folder(self.seed)))
 
     def output_dir(self, root: Path) -> Path:
         """The job's own folder in the run directory."""
         if self.kind in ("tune", "tune-pooled"):
-            return root / "models" / self.subject / self.hemisphere / self.roi / self.method
+            return model_dir(root, self.method, self.subject, self.hemisphere, self.roi,
+                             self.seed)
         return root / "jobs" / self.key
 
     def is_done(self, root: Path) -> bool:
@@ -99,6 +108,13 @@ class Job:
         recorded = (_recorded_settings(out / name) for name in (DONE, STARTED))
         if any(settings not in (None, self.settings) for settings in recorded):
             shutil.rmtree(out)
+
+
+def model_dir(root: Path, method: str, tuned_by: str, hemisphere: str, roi: str,
+              seed: int | None) -> Path:
+    """Folder of a tuned model: ``models/<subject or pooled>/<hemi>/<roi>/<method>/seed-<s>``."""
+    folder = root / "models" / tuned_by / hemisphere / roi / method
+    return folder if seed is None else folder / seed_folder(seed)
 
 
 def _recorded_settings(record: Path) -> str | None:
@@ -138,69 +154,72 @@ def plan_jobs(config: StudyConfig, roi_sizes: Callable[[str, str, str], int]) ->
     hemispheres = config.selection.hemispheres
     rois = config.selection.rois
     minimum = config.selection.min_vertices
-    common = config.digest("data", "seed", "weights")
-    encoding = settings_digest(config.digest("data", "seed", "weights", "selection", "encoding"),
-                               RESULT_FORMAT)
+    common = config.digest("data", "split_seed", "weights")
+    encoding = settings_digest(
+        config.digest("data", "split_seed", "weights", "selection", "encoding"), RESULT_FORMAT)
     # The MI bound, computed by contrastive encodes.
     evaluation = settings_digest(config.evaluation.mutual_info, config.evaluation.temperature_scan)
     jobs: list[Job] = []
     encodes: list[Job] = []
     untuned: dict[str, str] = {}
-    if "untuned" in config.methods:
+    if "untuned" in config.methods:  # one encoding: the untuned backbone has no tuning seed
         for subject in subjects:
             encodes.append(Job("encode", "untuned", subject, settings=encoding))
             untuned[subject] = encodes[-1].key
     # Selection P-A: every backbone uses the layer and α the untuned one chose.
     shared = ({subject: (key,) for subject, key in untuned.items()}
               if config.encoding.selection == "shared-untuned" else {})
-    tunes: dict[tuple[str, str, str, str], Job] = {}
-    for method in (m for m in config.methods if m in TUNED_METHODS):
-        tuning = settings_digest(getattr(config.tuning, method))
-        scored = f"{encoding}-{tuning}" + (f"-{evaluation}" if method == "cl" else "")
-        for subject in subjects:
-            for hemisphere in hemispheres:
-                for roi in rois:
-                    if roi_sizes(subject, hemisphere, roi) < minimum:
-                        continue
-                    tune = Job("tune", method, subject, hemisphere, roi,
-                               settings=f"{common}-{tuning}")
-                    jobs.append(tune)
-                    tunes[method, subject, hemisphere, roi] = tune
-                    encodes.append(Job("encode", method, subject, hemisphere, roi,
-                                       depends_on=(tune.key, *shared.get(subject, ())),
-                                       settings=scored))
+    tunes: dict[TunedKey, Job] = {}
+    for seed in config.seeds:
+        for method in (m for m in config.methods if m in TUNED_METHODS):
+            tuning = settings_digest(getattr(config.tuning, method))
+            scored = f"{encoding}-{tuning}" + (f"-{evaluation}" if method == "cl" else "")
+            for subject in subjects:
+                for hemisphere in hemispheres:
+                    for roi in rois:
+                        if roi_sizes(subject, hemisphere, roi) < minimum:
+                            continue
+                        tune = Job("tune", method, subject, hemisphere, roi, seed,
+                                   settings=f"{common}-{tuning}")
+                        jobs.append(tune)
+                        tunes[method, subject, hemisphere, roi, seed] = tune
+                        encodes.append(Job("encode", method, subject, hemisphere, roi, seed,
+                                           depends_on=(tune.key, *shared.get(subject, ())),
+                                           settings=scored))
 
-    def _baselines(subject: str, hemisphere: str, roi: str) -> list[str]:
+    def _baselines(subject: str, hemisphere: str, roi: str, seed: int) -> list[str]:
         keys = [untuned[subject]] if subject in untuned else []
-        if ("rt", subject, hemisphere, roi) in tunes:
-            keys.append(Job("encode", "rt", subject, hemisphere, roi).key)
+        if ("rt", subject, hemisphere, roi, seed) in tunes:
+            keys.append(Job("encode", "rt", subject, hemisphere, roi, seed).key)
         return keys
 
-    for method in (m for m in config.methods if m in POOLED_METHODS):
-        # The members depend on min_vertices; the "const" hidden size on every selected ROI.
-        selection = config.selection if method == "pooled-const" else minimum
-        tuning = settings_digest(config.tuning.pooled, selection)
-        for hemisphere in hemispheres:
-            for roi in rois:
-                members = [s for s in subjects if roi_sizes(s, hemisphere, roi) >= minimum]
-                if not members:
-                    continue
-                tune = Job("tune-pooled", method, "pooled", hemisphere, roi,
-                           settings=f"{common}-{tuning}")
-                jobs.append(tune)
-                tunes[method, "pooled", hemisphere, roi] = tune
-                # Scored on the test images no member tuned with, against baselines
-                # re-scored on the same images: those baselines come first.
-                encodes.extend(Job("encode", method, subject, hemisphere, roi,
-                                   depends_on=(tune.key, *_baselines(subject, hemisphere, roi)),
-                                   settings=f"{encoding}-{tuning}-{evaluation}")
-                               for subject in members)
+    for seed in config.seeds:
+        for method in (m for m in config.methods if m in POOLED_METHODS):
+            # The members depend on min_vertices; the "const" hidden size on every selected ROI.
+            selection = config.selection if method == "pooled-const" else minimum
+            tuning = settings_digest(config.tuning.pooled, selection)
+            for hemisphere in hemispheres:
+                for roi in rois:
+                    members = [s for s in subjects if roi_sizes(s, hemisphere, roi) >= minimum]
+                    if not members:
+                        continue
+                    tune = Job("tune-pooled", method, "pooled", hemisphere, roi, seed,
+                               settings=f"{common}-{tuning}")
+                    jobs.append(tune)
+                    tunes[method, "pooled", hemisphere, roi, seed] = tune
+                    # Scored on the test images no member tuned with, against baselines
+                    # re-scored on the same images: those baselines come first.
+                    encodes.extend(Job("encode", method, subject, hemisphere, roi, seed,
+                                       depends_on=(tune.key,
+                                                   *_baselines(subject, hemisphere, roi, seed)),
+                                       settings=f"{encoding}-{tuning}-{evaluation}")
+                                   for subject in members)
     if config.evaluation.cross_subject:
-        for (method, model, hemisphere, roi), tune in tunes.items():
+        for (method, model, hemisphere, roi, seed), tune in tunes.items():
             for target in subjects if method == "cl" else ():
                 if target != model and roi_sizes(target, hemisphere, roi) >= minimum:
                     encodes.append(Job(
-                        "cross", transfer_method(method, model), target, hemisphere, roi,
+                        "cross", transfer_method(method, model), target, hemisphere, roi, seed,
                         depends_on=(tune.key, untuned[target]),
                         settings=f"{encoding}-{tune.settings}"))
     if config.evaluation.classification is not None:
@@ -216,7 +235,7 @@ def plan_jobs(config: StudyConfig, roi_sizes: Callable[[str, str, str], int]) ->
     return jobs
 
 
-def _nod_jobs(nod: NODTransferConfig, tunes: dict[tuple[str, str, str, str], Job],
+def _nod_jobs(nod: NODTransferConfig, tunes: dict[TunedKey, Job],
               encoding: str, shared: bool = False) -> list[Job]:
     """NOD encodes: the untuned backbone, and every tuned NSD backbone of a counterpart ROI.
 
@@ -229,40 +248,45 @@ def _nod_jobs(nod: NODTransferConfig, tunes: dict[tuple[str, str, str, str], Job
         if "untuned" in nod.methods:
             jobs.append(Job("nod", "untuned", subject, settings=settings))
             untuned = (jobs[-1].key,) if shared else ()
-        for (method, source, hemisphere, roi), tune in tunes.items():
+        for (method, source, hemisphere, roi, seed), tune in tunes.items():
             if method not in nod.methods:
                 continue
             jobs.extend(Job("nod", transfer_method(method, source), subject, hemisphere, area,
-                            depends_on=(tune.key, *untuned),
+                            seed, depends_on=(tune.key, *untuned),
                             settings=f"{settings}-{tune.settings}")
                         for area in NOD_ROIS if nsd_counterpart(area, nod.stream) == roi)
     return jobs
 
 
-def backbone_name(method: str, source: str, hemisphere: str, roi: str) -> str:
-    """Folder name of a backbone in evaluations: ``untuned`` or ``cl__subj01__lh__V1v``."""
-    return "untuned" if method == "untuned" else "__".join((method, source, hemisphere, roi))
+def backbone_name(method: str, source: str, hemisphere: str, roi: str,
+                  seed: int | None) -> str:
+    """Folder name of a backbone in evaluations: ``untuned`` or ``cl__subj01__lh__V1v__seed-0``."""
+    if method == "untuned":
+        return "untuned"
+    return "__".join((method, source, hemisphere, roi, seed_folder(seed)))
 
 
-def parse_backbone_name(name: str) -> dict[str, str]:
-    """The inverse of `backbone_name`: method, subject, hemisphere, roi (empty for untuned)."""
+def parse_backbone_name(name: str) -> dict[str, Any]:
+    """The inverse of `backbone_name`: method, subject, hemisphere, roi (empty for untuned) and
+    seed (None for untuned)."""
     if name == "untuned":
-        return {"method": "untuned", "subject": "", "hemisphere": "", "roi": ""}
-    method, subject, hemisphere, roi = name.split("__")
-    return {"method": method, "subject": subject, "hemisphere": hemisphere, "roi": roi}
+        return {"method": "untuned", "subject": "", "hemisphere": "", "roi": "", "seed": None}
+    method, subject, hemisphere, roi, seed = name.split("__")
+    return {"method": method, "subject": subject, "hemisphere": hemisphere, "roi": roi,
+            "seed": int(seed.removeprefix(seed_folder("")))}
 
 
-def _probe_jobs(config: StudyConfig, tunes: dict[tuple[str, str, str, str], Job],
+def _probe_jobs(config: StudyConfig, tunes: dict[TunedKey, Job],
                 common: str) -> list[Job]:
     """Probe jobs per backbone, then the landscape and the saliency jobs that use the probes."""
     evaluation = config.evaluation
-    probing = settings_digest(evaluation.classification, config.seed)
+    probing = settings_digest(evaluation.classification, config.split_seed)
     probes = []
     if "untuned" in evaluation.classification.methods:
         probes.append(Job("probe", "untuned", "all", settings=f"{probing}-{common}"))
-    probes.extend(Job("probe", method, source, hemisphere, roi, depends_on=(tune.key,),
+    probes.extend(Job("probe", method, source, hemisphere, roi, seed, depends_on=(tune.key,),
                       settings=f"{probing}-{tune.settings}")
-                  for (method, source, hemisphere, roi), tune in tunes.items()
+                  for (method, source, hemisphere, roi, seed), tune in tunes.items()
                   if method in evaluation.classification.methods)
     jobs = list(probes)
     if evaluation.landscape is not None:
@@ -272,7 +296,8 @@ def _probe_jobs(config: StudyConfig, tunes: dict[tuple[str, str, str, str], Job]
     if evaluation.saliency is not None:
         saliency = settings_digest(evaluation.saliency)
         jobs.extend(Job("saliency", probe.method, probe.subject, probe.hemisphere, probe.roi,
-                        depends_on=(probe.key,), settings=f"{saliency}-{probe.settings}")
+                        probe.seed, depends_on=(probe.key,),
+                        settings=f"{saliency}-{probe.settings}")
                     for probe in probes if probe.method in evaluation.saliency.methods
                     and (probe.method == "untuned" or probe.roi in evaluation.saliency.rois))
     return jobs

@@ -44,7 +44,7 @@ from cortexcl.evaluation.saliency import (
 )
 from cortexcl.models.backbones import load_alexnet
 from cortexcl.rundir import RunDirectory
-from cortexcl.study.jobs import Job, backbone_name, parse_backbone_name
+from cortexcl.study.jobs import Job, backbone_name, model_dir, parse_backbone_name
 from cortexcl.tuning.checkpoints import BACKBONE
 
 CLASSIFICATION = "classification"
@@ -72,13 +72,14 @@ def probe_dataset(settings: ClassificationConfig, seed: int, progress: bool) -> 
 def job_backbone(job: Job, run: RunDirectory, config: StudyConfig) -> torch.nn.Module:
     """The backbone a probe or saliency job works on."""
     if job.method == "untuned":
-        return load_alexnet(config.weights, seed=config.seed)
-    return load_alexnet(run.path("models", job.subject, job.hemisphere, job.roi, job.method,
-                                 BACKBONE))
+        return load_alexnet(config.weights, seed=config.split_seed)
+    tuned_by = "pooled" if job.method.startswith("pooled") else job.subject
+    return load_alexnet(model_dir(run.root, job.method, tuned_by, job.hemisphere, job.roi,
+                                  job.seed) / BACKBONE)
 
 
 def _name(job: Job) -> str:
-    return backbone_name(job.method, job.subject, job.hemisphere, job.roi)
+    return backbone_name(job.method, job.subject, job.hemisphere, job.roi, job.seed)
 
 
 def run_probe(job: Job, run: RunDirectory, config: StudyConfig, device: str | None,
@@ -86,8 +87,8 @@ def run_probe(job: Job, run: RunDirectory, config: StudyConfig, device: str | No
     """Fit and score the classification probe of one backbone."""
     settings = config.evaluation.classification
     probe_backbone(_name(job), job_backbone(job, run, config),
-                   probe_dataset(settings, config.seed, progress), run.path(CLASSIFICATION),
-                   layer=settings.layer, probe=settings.probe, seed=config.seed,
+                   probe_dataset(settings, config.split_seed, progress), run.path(CLASSIFICATION),
+                   layer=settings.layer, probe=settings.probe, seed=config.split_seed,
                    batch_size=settings.batch_size, device=device, progress=progress)
 
 
@@ -105,11 +106,12 @@ def run_landscape(run: RunDirectory, config: StudyConfig) -> None:
     distances = bhattacharyya_distances(probabilities, np.searchsorted(classes, labels))
     atomic_write_csv(run.path("tables", "landscape_distances.csv"),
                      distances.reset_index(names="model"))
-    embedding = embed(distances, config.evaluation.landscape.embedding, config.seed)
+    embedding = embed(distances, config.evaluation.landscape.embedding, config.split_seed)
     frame = embedding.frame().reset_index(drop=True)
     frame.insert(0, "model", list(distances.index))
     frame["variant"] = config.evaluation.landscape.embedding
-    frame["seed"] = config.seed  # the report redraws the embedding from the distances
+    # The report redraws the embedding from the distances.
+    frame["embedding_seed"] = config.split_seed
     atomic_write_csv(run.path("tables", "landscape.csv"), frame)
 
 
@@ -142,7 +144,7 @@ def run_saliency(job: Job, run: RunDirectory, config: StudyConfig, device: str |
     # The images explained: the first probe-test images, with their true classes as targets.
     indices = np.load(folder / "test_indices.npy")[:settings.n_images]
     targets = np.searchsorted(probe.classes, np.load(folder / "labels.npy")[:indices.size])
-    images = _DatasetImages(probe_dataset(classification, config.seed, progress))
+    images = _DatasetImages(probe_dataset(classification, config.split_seed, progress))
     axes = ["horizontal", "vertical"] if settings.vertical else ["horizontal"]
     table = lateralization(network, images, targets, indices=indices,
                            method=settings.attribution, axes=axes,
@@ -190,9 +192,10 @@ def saliency_tables(b_values: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame
     dict
         ``saliency.csv``: per model and axis, mean b with a bootstrap CI and a Wilcoxon test
         against 0, and the mean LI of original and mirrored images; ``saliency_pairs.csv``:
-        per (method, subject, ROI, axis), the paired test of b_lh − b_rh over images;
-        ``saliency_subjects.csv`` (with two or more subjects): per (method, ROI, axis), the
-        Wilcoxon and sign tests of the per-subject mean differences, and a permutation test
+        per (method, tuning seed, subject, ROI, axis), the paired test of b_lh − b_rh over
+        images; ``saliency_subjects.csv`` (with two or more subjects): per (method, ROI, axis),
+        the Wilcoxon and sign tests of the per-subject mean differences (averaged over tuning
+        seeds first), and a permutation test
         swapping hemisphere labels within subjects.
     """
     models, pairs = [], []
@@ -202,15 +205,16 @@ def saliency_tables(b_values: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame
                            "mean_li": part["li"].mean(),
                            "mean_li_flipped": part["li_flipped"].mean(),
                            **one_sample_test(part["b"].to_numpy())})
-    models = pd.DataFrame(models)
+    models = pd.DataFrame(models).astype({"seed": "Int64"})
     tuned = models[models["method"] != "untuned"]
-    for (method, subject, roi, axis), part in tuned.groupby(["method", "subject", "roi", "axis"]):
+    for (method, seed, subject, roi, axis), part in tuned.groupby(
+            ["method", "seed", "subject", "roi", "axis"]):
         sides = dict(zip(part["hemisphere"], part["model"], strict=True))
         if {"lh", "rh"} <= set(sides):
             left = _b(b_values[sides["lh"]], axis)
             right = _b(b_values[sides["rh"]], axis)
-            pairs.append({"method": method, "subject": subject, "roi": roi, "axis": axis,
-                          **paired_test(left, right)})
+            pairs.append({"method": method, "seed": seed, "subject": subject, "roi": roi,
+                          "axis": axis, **paired_test(left, right)})
     tables = {"saliency.csv": models}
     if pairs:
         tables["saliency_pairs.csv"] = pairs = pd.DataFrame(pairs)
@@ -229,7 +233,9 @@ def _across_subjects(pairs: pd.DataFrame, n_permutations: int = 10_000,
     """Subjects as the unit of replication: tests of the per-subject mean b_lh − b_rh."""
     rows = []
     rng = np.random.default_rng(seed)
-    for (method, roi, axis), part in pairs.groupby(["method", "roi", "axis"]):
+    # Tuning seeds are replicates within a subject: averaged before the subjects are compared.
+    per_subject = pairs.groupby(["method", "roi", "axis", "subject"])["mean"].mean().reset_index()
+    for (method, roi, axis), part in per_subject.groupby(["method", "roi", "axis"]):
         difference = part["mean"].to_numpy()
         if difference.size < 2:
             continue

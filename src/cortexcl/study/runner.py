@@ -44,7 +44,7 @@ from cortexcl.report import build_report
 from cortexcl.rundir import RunDirectory
 from cortexcl.statistics import derive_seed
 from cortexcl.study.executors import ExecutionReport, make_executor
-from cortexcl.study.jobs import Job, plan_jobs, settings_digest
+from cortexcl.study.jobs import Job, model_dir, plan_jobs, settings_digest
 from cortexcl.study.probe_jobs import (
     run_landscape,
     run_probe,
@@ -81,7 +81,7 @@ class StudyContext:
     def split(self, subject: Subject) -> Split:
         """The subject's split, recorded in the run (made and checked once per subject)."""
         if subject.name not in self._splits:
-            self._splits[subject.name] = record_split(self.run, subject, self.config.seed,
+            self._splits[subject.name] = record_split(self.run, subject, self.config.split_seed,
                                                       self.config.encoding.protocol)
         return self._splits[subject.name]
 
@@ -183,7 +183,7 @@ def run_study(config: StudyConfig, out: str | Path, *, dry_run: bool = False,
     run.check_free()
     identity = study_identity(config)
     run.check_identity(identity, fresh=fresh)
-    load_alexnet(config.weights, seed=config.seed)  # a missing weights file fails at once
+    load_alexnet(config.weights, seed=config.split_seed)  # a missing weights file fails at once
     if config.execution.executor == "serial":
         resolve_device(device or config.execution.device)
     if dry_run:
@@ -196,7 +196,7 @@ def run_study(config: StudyConfig, out: str | Path, *, dry_run: bool = False,
         _remove_leftovers(run)
         run.write_config(config.model_dump(mode="json"))
         run.write_manifest(
-            seeds={"study": config.seed},
+            seeds={"split": config.split_seed, "tuning": config.seeds},
             datasets={name: context.subject(name).data_hash()
                       for name in map(subject_name, config.data.subjects)},
             extra={"weights": config.weights, "data_root": str(context.data_root)})
@@ -254,7 +254,7 @@ def check_inputs(context: StudyContext) -> None:
                      for roi in config.selection.rois},
                     config.selection.min_vertices, context.data_root)
     for name in names:
-        check_subject_data(context.subject(name), config.selection.hemispheres, config.seed,
+        check_subject_data(context.subject(name), config.selection.hemispheres, config.split_seed,
                            config.encoding.protocol)
 
 
@@ -343,8 +343,10 @@ def _tuning_setup(job: Job, context: StudyContext) -> tuple[torch.nn.Module, lis
         responses = subject.responses(job.hemisphere, job.roi)
         check_roi_size(responses.shape[1], minimum, f"{name} {job.hemisphere} {job.roi}")
         data.append(TrainingSet(name, subject.images, responses, split.train, split.val))
-    seed = derive_seed(config.seed, job.key)
-    backbone = load_alexnet(config.weights, seed=config.seed)
+    # The tuning seed varies the heads' initialisation and the batches, never the backbone's
+    # initial weights: every replicate starts from the untuned backbone.
+    seed = derive_seed(job.seed, job.key)
+    backbone = load_alexnet(config.weights, seed=config.split_seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = spec.build(backbone, {d.name: d.responses.shape[1] for d in data}, settings,
@@ -364,7 +366,7 @@ def _tune(job: Job, context: StudyContext) -> None:
     meta = {
         "method": job.method, "subjects": [d.name for d in data], "hemisphere": job.hemisphere,
         "roi": job.roi, "n_vertices": {d.name: int(d.responses.shape[1]) for d in data},
-        "settings": settings.model_dump(mode="json"), "seed": seed,
+        "settings": settings.model_dump(mode="json"), "seed": job.seed, "torch_seed": seed,
         "weights": context.config.weights,
         "data_hash": {d.name: context.subject(d.name).data_hash() for d in data},
         "n_train": {d.name: len(d.train) for d in data},
@@ -384,12 +386,13 @@ def _encode(job: Job, context: StudyContext) -> None:
         weights, hemispheres, rois = config.weights, config.selection.hemispheres, \
             config.selection.rois
     else:
-        weights = _tuned_backbone(context, job.method, job.subject, job.hemisphere, job.roi)
+        weights = _tuned_backbone(context, job.method, job.subject, job.hemisphere, job.roi,
+                                  job.seed)
         hemispheres, rois = [job.hemisphere], [job.roi]
     # Pooled backbones saw other subjects' images: those leave the test part.
     others = _tuning_image_ids(context, job) if job.method.startswith("pooled") else None
-    _, excluded = _encode_with(context, subject, context.run, weights, job.method, hemispheres,
-                               rois, others)
+    _, excluded = _encode_with(context, subject, context.run, weights, job.method, job.seed,
+                               hemispheres, rois, others)
     atomic_write_csv(out / "excluded.csv", excluded)
     if others is not None:
         _write_matched(context, context.run, subject, job, job.method, ("untuned", "rt"))
@@ -401,10 +404,10 @@ def _cross(job: Job, context: StudyContext) -> None:
     """A backbone tuned on another subject encodes this subject's ROI (docs/method.md §3.5)."""
     method, source = split_transfer(job.method)
     subject = context.subject(job.subject)
-    weights = _tuned_backbone(context, method, source, job.hemisphere, job.roi)
+    weights = _tuned_backbone(context, method, source, job.hemisphere, job.roi, job.seed)
     transfer = RunDirectory(context.run.root / CROSS_SUBJECT)
-    _encode_with(context, subject, transfer, weights, job.method, [job.hemisphere], [job.roi],
-                 _tuning_image_ids(context, job))
+    _encode_with(context, subject, transfer, weights, job.method, job.seed, [job.hemisphere],
+                 [job.roi], _tuning_image_ids(context, job))
     _write_matched(context, transfer, subject, job, job.method, ("untuned",))
 
 
@@ -418,17 +421,17 @@ def _nod(job: Job, context: StudyContext) -> None:
     else:
         method, source = split_transfer(job.method)
         weights = _tuned_backbone(context, method, source, job.hemisphere,
-                                  nsd_counterpart(job.roi, nod.stream))
+                                  nsd_counterpart(job.roi, nod.stream), job.seed)
         hemispheres, rois = [job.hemisphere], [job.roi]
     nod_run = RunDirectory(context.run.root / NOD)
-    _encode_with(context, subject, nod_run, weights, job.method, hemispheres, rois, None,
-                 untuned=nod_run)
+    _encode_with(context, subject, nod_run, weights, job.method, job.seed, hemispheres, rois,
+                 None, untuned=nod_run)
 
 
 def _tuned_backbone(context: StudyContext, method: str, subject: str, hemisphere: str,
-                    roi: str) -> Path:
+                    roi: str, seed: int | None) -> Path:
     tuned_by = "pooled" if method.startswith("pooled") else subject
-    return context.run.path("models", tuned_by, hemisphere, roi, method, BACKBONE)
+    return model_dir(context.run.root, method, tuned_by, hemisphere, roi, seed) / BACKBONE
 
 
 def _tuning_image_ids(context: StudyContext, job: Job) -> np.ndarray:
@@ -446,7 +449,7 @@ def _tuning_image_ids(context: StudyContext, job: Job) -> np.ndarray:
 
 
 def _encode_with(context: StudyContext, subject: Subject, run: RunDirectory, weights: Any,
-                 method: str, hemispheres: list[str], rois: list[str],
+                 method: str, seed: int | None, hemispheres: list[str], rois: list[str],
                  exclude_ids: np.ndarray | None,
                  untuned: RunDirectory | None = None) -> tuple[Any, Any]:
     """Encode with the study's settings; under selection P-A a tuned backbone uses the layer
@@ -458,7 +461,8 @@ def _encode_with(context: StudyContext, subject: Subject, run: RunDirectory, wei
                                        subject.expand_rois(rois))
     return encode_subject(
         subject, run, hemispheres=hemispheres, rois=rois, weights=weights, method=method,
-        seed=config.seed, settings=config.encoding, min_vertices=config.selection.min_vertices,
+        split_seed=config.split_seed, seed=seed, settings=config.encoding,
+        min_vertices=config.selection.min_vertices,
         device=context.device, progress=context.progress, exclude_ids=exclude_ids,
         shared=shared)
 
@@ -466,9 +470,10 @@ def _encode_with(context: StudyContext, subject: Subject, run: RunDirectory, wei
 def _write_matched(context: StudyContext, run: RunDirectory, subject: Subject, job: Job,
                    method: str, baselines: tuple[str, ...]) -> None:
     """Re-score the subject's baselines on the test images of a transfer or pooled result."""
-    result = run.encoding_dir(subject.name, job.hemisphere, job.roi, method)
+    result = run.encoding_dir(subject.name, job.hemisphere, job.roi, method, job.seed)
     write_matched_baselines(
-        result, {name: context.run.encoding_dir(subject.name, job.hemisphere, job.roi, name)
+        result, {name: context.run.encoding_dir(subject.name, job.hemisphere, job.roi, name,
+                                                None if name == "untuned" else job.seed)
                  for name in baselines}, subject.responses(job.hemisphere, job.roi))
 
 
@@ -486,7 +491,7 @@ def _mutual_info(job: Job, context: StudyContext, model_dir: Path,
     tuned_by = "pooled" if job.method.startswith("pooled") else job.subject
     kind = "tune-pooled" if tuned_by == "pooled" else "tune"
     model, data, settings, _ = _tuning_setup(
-        Job(kind, job.method, tuned_by, job.hemisphere, job.roi), context)
+        Job(kind, job.method, tuned_by, job.hemisphere, job.roi, job.seed), context)
     state = {f"backbone.{name}": tensor for name, tensor in
              load_file(model_dir / BACKBONE).items()}
     model.load_state_dict({**state, **load_heads(model_dir)})
@@ -512,7 +517,7 @@ def _mutual_info(job: Job, context: StudyContext, model_dir: Path,
     # A common K for comparisons across subjects: the smallest test part of the study.
     common_k = min(len(test[0]), *(len(context.split(context.subject(name)).test)
                                    for name in map(subject_name, context.config.data.subjects)))
-    rng = np.random.default_rng(derive_seed(context.config.seed, f"mi/{job.key}"))
+    rng = np.random.default_rng(derive_seed(context.config.split_seed, f"mi/{job.key}"))
     result = {"mi_bits": infonce_bound(*test, settings.temperature),
               "mi_bits_modality_bn": infonce_bound(*own, settings.temperature),
               "mi_log2_k": float(np.log2(len(test[0]))), "mi_temperature": settings.temperature,
@@ -528,15 +533,15 @@ def _mutual_info(job: Job, context: StudyContext, model_dir: Path,
         result.update(mi_scan_beta=beta,
                       mi_scan_bits=infonce_bound(*test, settings.temperature * beta),
                       mi_scan_chosen_on="val" if clean else "test (optimistic, as published)")
-    atomic_write_json(context.run.encoding_dir(job.subject, job.hemisphere, job.roi, job.method)
-                      / "mutual_info.json", result)
+    atomic_write_json(context.run.encoding_dir(job.subject, job.hemisphere, job.roi, job.method,
+                                               job.seed) / "mutual_info.json", result)
 
 
 def _aggregate(job: Job, context: StudyContext) -> None:
     encoding = write_tables(context.run, context.config)
     evaluation = context.config.evaluation
     if evaluation.nod_transfer is not None:
-        write_nod_tables(context.run, context.config.seed, evaluation.statistics)
+        write_nod_tables(context.run, context.config.split_seed, evaluation.statistics)
     if evaluation.classification is not None:
         write_probe_tables(context.run)
     if evaluation.cross_subject:
