@@ -33,7 +33,7 @@ def study(**changes) -> StudyConfig:
     """
     raw = {
         "name": "tiny", "seeds": [0],
-        "weights": "none",
+        "backbone": {"weights": "none"},
         "methods": ["untuned", "cl", "rt"],
         "data": {"simulate": SIMULATION, "subjects": [1], "image_size": 64},
         "selection": {"hemispheres": ["lh"], "rois": ["V1v", "hV4"], "min_vertices": 30},

@@ -42,7 +42,8 @@ def data_root(tmp_path_factory) -> Path:
 
 
 def config_file(folder: Path, **sections) -> Path:
-    raw = {"name": "tiny", "seeds": [0], "weights": "none", "methods": ["untuned", "cl"],
+    raw = {"name": "tiny", "seeds": [0], "backbone": {"weights": "none"},
+           "methods": ["untuned", "cl"],
            "data": {"simulate": SIMULATION, "image_size": 64},
            "selection": {"hemispheres": ["lh"], "rois": ["V1v", "hV4"], "min_vertices": 30},
            "tuning": {"cl": {"epochs": 1, "batch_size": 16}}, **sections}

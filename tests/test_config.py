@@ -23,7 +23,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_demo_config():
     config = load_config(CONFIGS / "demo.yaml")
-    assert (config.name, config.weights, config.methods) == ("demo", "none",
+    assert (config.name, config.backbone.weights, config.methods) == ("demo", "none",
                                                               ["untuned", "cl", "rt"])
     assert config.data.root is None and config.data.image_size == 64
     assert config.selection.rois == ["V1v", "V2d", "hV4"]
@@ -42,7 +42,7 @@ def test_packaged_demo_config_is_the_shipped_one():
                          [("nsd-clean", "clean", 20), ("nsd-paper", "paper", 1)])
 def test_nsd_configs(name, protocol, min_vertices):
     config = load_config(CONFIGS / f"{name}.yaml")
-    assert config.name == name and config.weights == "imagenet"
+    assert config.name == name and config.backbone.weights == "imagenet"
     assert config.methods == ["untuned", "cl", "rt", "pooled-avg", "pooled-const"]
     assert config.data.subjects == list(range(1, 9)) and config.data.image_size == 224
     assert config.selection.rois == list(ROI_GROUPS["early+higher"])  # the group is expanded
@@ -126,7 +126,7 @@ def test_digest_is_stable_and_sensitive(tmp_path):
     assert changed.digest() != base.digest()
     assert changed.digest("tuning") != base.digest("tuning")
     # Sections that did not change keep their digest.
-    for section in ("data", "split_seed", "weights", "selection", "encoding"):
+    for section in ("data", "split_seed", "backbone", "selection", "encoding"):
         assert changed.digest(section) == base.digest(section)
     assert base.digest("data") != base.digest("encoding")
     # A value written as its default is the same study.

@@ -30,7 +30,7 @@ from cortexcl.report.html import comparison_frame, format_number
 from cortexcl.rundir import RunDirectory
 
 ROIS = ("V1v", "hV4", "early")
-CONFIG = "name: report-test\nseeds: [0]\nweights: none\nmethods: [untuned, cl]\n"
+CONFIG = "name: report-test\nseeds: [0]\nbackbone: {weights: none}\nmethods: [untuned, cl]\n"
 
 
 N_TEST = 12

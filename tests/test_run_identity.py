@@ -98,7 +98,7 @@ def test_a_study_cannot_run_into_an_encode_run(tmp_path, data_root, monkeypatch,
     out = tmp_path / "run"
     assert encode(data_root, out).exit_code == 0
     config = tmp_path / "study.yaml"
-    config.write_text(f"name: s\nweights: none\ndata: {{root: {data_root}}}\n")
+    config.write_text(f"name: s\nbackbone: {{weights: none}}\ndata: {{root: {data_root}}}\n")
     line = refused(monkeypatch, capsys, "run", config, "--out", out)
     assert "run directory holds an encode run, not a study" in " ".join(line.split())
 
@@ -160,7 +160,7 @@ def test_random_init_is_announced_and_stale_figures_go(tmp_path, data_root):
 
 def test_dry_run_of_a_new_simulation_writes_nothing(tmp_path, cache):
     config = tmp_path / "study.yaml"
-    config.write_text("name: s\nseeds: [0]\nweights: none\nmethods: [untuned, cl]\n"
+    config.write_text("name: s\nseeds: [0]\nbackbone: {weights: none}\nmethods: [untuned, cl]\n"
                       "data: {simulate: {n_images: 30, image_size: 32, roi_scale: 0.05, "
                       "seed: 7}}\nselection: {hemispheres: [lh], rois: [V1v]}\n")
     before = sorted(cache.rglob("*"))

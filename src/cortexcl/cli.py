@@ -94,6 +94,11 @@ def encode(
     roi: Rois = ["early"],  # noqa: B006
     weights: Annotated[str, typer.Option(
         help="imagenet, none (random init) or a path to a state dict.")] = "imagenet",
+    backbone: Annotated[str, typer.Option(
+        help="alexnet, efficientnet_lite0 (ImageNet weights offline), timm:<model> or "
+             "torchvision:<model>.")] = "alexnet",
+    layer: Annotated[list[str] | None, typer.Option(
+        help="Candidate layer (repeat); default the backbone's (cortexcl layers).")] = None,
     method: Annotated[str, typer.Option(help="Name of the backbone in the results.")] = "untuned",
     seed: Annotated[int, typer.Option(help="Seed of the split (and of random weights).")] = 0,
     protocol: Annotated[str, typer.Option(help="clean (train/val/test) or paper.")] = "clean",
@@ -119,14 +124,36 @@ def encode(
 
     settings = parse_section("encoding", {
         "protocol": protocol, "n_components": n_components, "refit": refit,
-        "batch_size": batch_size, "standardize": standardize, "alpha_grid": alpha_grid},
-        option=True)
+        "batch_size": batch_size, "standardize": standardize, "alpha_grid": alpha_grid,
+        "layers": layer or None}, option=True)
     table = run_encode(data, out, subject=subject, hemispheres=hemisphere, rois=roi,
-                       weights=weights, method=method, seed=seed, settings=settings,
-                       min_vertices=min_vertices, image_size=image_size, device=device,
+                       weights=weights, backbone=backbone, method=method, seed=seed,
+                       settings=settings, min_vertices=min_vertices, image_size=image_size,
+                       device=device,
                        cache_dir=cache_dir, fresh=fresh, announce=_announce)
     print_summary(table, f"Encoding results, {out}/tables/encoding.csv")
     _warn(table)
+
+
+@app.command()
+def layers(
+    backbone: Annotated[str, typer.Argument(
+        help="alexnet, efficientnet_lite0, timm:<model> or torchvision:<model>.")] = "alexnet",
+    every: Annotated[bool, typer.Option(
+        "--all", help="Every module a layer may name, not only the default candidates.")] = False,
+) -> None:
+    """List a backbone's candidate layers (the encoding models' default) or every module."""
+    from cortexcl.models.backbones import get_backbone, layer_names
+
+    spec = get_backbone(backbone)
+    names = layer_names(spec.name) if every else spec.layers
+    stdout.print(f"{spec.name}: input {spec.input_size} px, mean {spec.mean}, std {spec.std}; "
+                 f"probe layer {spec.penultimate}; Grad-CAM "
+                 f"{spec.gradcam or 'not available (gradient saliency only)'}")
+    stdout.print(("every module" if every else "default candidate layers (encoding.layers, "
+                  "--layer)") + ":")
+    for name in names:
+        stdout.print(f"  {name}")
 
 
 @app.command()

@@ -41,6 +41,25 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
+class BackboneConfig(_Strict):
+    """The image network: a name (`cortexcl.models.backbones.get_backbone`) and its weights."""
+
+    name: str = Field("alexnet", description="alexnet, efficientnet_lite0 (ImageNet weights "
+                                             "offline), efficientnet_lite1/2, timm:<model> or "
+                                             "torchvision:<model>")
+    weights: str = Field("imagenet", description="imagenet, none (random init) or a path")
+
+    @field_validator("name")
+    @classmethod
+    def _known_backbone(cls, name: str) -> str:
+        from cortexcl.models.backbones import get_backbone
+
+        try:
+            return get_backbone(name).name
+        except InputError as error:
+            raise ValueError(str(error)) from None
+
+
 class SimulationConfig(_Strict):
     """A simulated data set, written once into the cache and reused."""
 
@@ -123,6 +142,9 @@ class EncodingConfig(_Strict):
     alpha_grid: Literal["relative", "absolute"] = Field(
         "relative", description="α × each fit's mean PCA eigenvalue, or the published "
                                 "absolute 1e-1 … 1e7")
+    layers: list[str] | None = Field(None, min_length=1,
+                                     description="candidate layers (`cortexcl layers BACKBONE`); "
+                                                 "null: the backbone's default")
     selection: Literal["per-method", "shared-untuned"] = Field(
         "per-method", description="α per vertex and layer per ROI for each backbone, or the "
                                   "published P-A: one layer and α per ROI chosen on the "
@@ -287,7 +309,7 @@ class StudyConfig(_Strict):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1,
                              description="tuning replicates: each tuned model is trained once "
                                          "per seed (head initialisation, batch order)")
-    weights: str = Field("imagenet", description="imagenet, none (random init) or a path")
+    backbone: BackboneConfig = BackboneConfig()
     methods: list[Method] = Field(default_factory=lambda: ["untuned", "cl", "rt"], min_length=1)
     data: DataConfig = DataConfig()
     selection: SelectionConfig = SelectionConfig()
@@ -302,6 +324,9 @@ class StudyConfig(_Strict):
         if isinstance(raw, dict) and "seed" in raw:
             raise ValueError("seed: replaced by split_seed (the split) and seeds (the tuning "
                              "replicates, e.g. [0, 1, 2])")
+        if isinstance(raw, dict) and "weights" in raw:
+            raise ValueError("weights: moved to backbone.weights (backbone: {name: alexnet, "
+                             "weights: imagenet})")
         return raw
 
     @field_validator("seeds")
@@ -329,6 +354,16 @@ class StudyConfig(_Strict):
             missing = sorted(set(evaluation.nod_transfer.methods) - methods)
             raise ValueError(f"evaluation.nod_transfer.methods: {', '.join(missing)} not among "
                              f"the study's methods")
+        if self.encoding.layers:
+            from cortexcl.models.backbones import check_layers
+
+            try:
+                check_layers(self.backbone.name, self.encoding.layers)
+            except InputError as error:
+                raise ValueError(f"encoding.{error}") from None
+        if evaluation.classification and self.backbone.name != "alexnet":
+            raise ValueError(f"evaluation.classification (and landscape, saliency): available "
+                             f"for the alexnet backbone only, not yet for {self.backbone.name}")
         if (evaluation.landscape or evaluation.saliency) and not evaluation.classification:
             raise ValueError("evaluation.landscape and evaluation.saliency need "
                              "evaluation.classification (they use the probes)")

@@ -16,7 +16,13 @@ from cortexcl.data.rois import HEMISPHERES, expand_rois
 from cortexcl.encoding.pipeline import TABLE_KEY, check_subject_data, encode_subject
 from cortexcl.errors import InputError
 from cortexcl.evaluation.single_subject import write_tables
-from cortexcl.models.backbones import describe_weights, load_alexnet, resolve_device
+from cortexcl.models.backbones import (
+    build_backbone,
+    check_layers,
+    describe_weights,
+    get_backbone,
+    resolve_device,
+)
 from cortexcl.models.heads import check_roi_sizes
 from cortexcl.rundir import RunDirectory
 from cortexcl.study.executors import ExecutionReport
@@ -32,6 +38,7 @@ def encode(
     hemispheres: Sequence[str] = HEMISPHERES,
     rois: str | Sequence[str] = "early",
     weights: str | Path = "imagenet",
+    backbone: str = "alexnet",
     method: str = "untuned",
     seed: int = 0,
     settings: EncodingConfig | None = None,
@@ -83,7 +90,8 @@ def encode(
     }
     identity = {"kind": "encode", "settings": recorded}
     run.check_identity(identity, fresh=fresh)
-    load_alexnet(weights, seed=seed)  # a missing or damaged weights file fails at once
+    check_layers(backbone, settings.layers)
+    build_backbone(backbone, weights, seed=seed)  # a missing or damaged weights file fails
     data = load_subject(data_root, subject, image_size=image_size, cache_dir=cache_dir,
                         progress=progress)
     check_roi_sizes({f"{h} {roi}": data.roi_indices(h, roi).size
@@ -94,13 +102,14 @@ def encode(
             announce(f"weights: {describe_weights(weights, seed=seed)} — an untrained network, "
                      "for tests and offline demos; recorded in every output")
         backbones = _recorded_backbones(run)
-        backbones[method] = str(weights)
+        backbones[method] = f"{get_backbone(backbone).name}: {weights}"
         run.write_config({**recorded, "backbones": backbones})
         run.write_manifest(seeds={"split": seed, "weights": seed},
                            datasets={data.name: data.data_hash()},
                            extra={"data_root": str(data_root)})
         encoded, excluded = encode_subject(
-            data, run, hemispheres=hemispheres, rois=rois, weights=weights, method=method,
+            data, run, hemispheres=hemispheres, rois=rois, weights=weights, backbone=backbone,
+            method=method,
             split_seed=seed, settings=settings, min_vertices=min_vertices, device=device,
             progress=progress)
         if not excluded.empty:

@@ -136,7 +136,7 @@ def write_config(folder: Path, **changes: object) -> Path:
     A change names its key with the sections before it, joined by ``__``: for example
     ``tuning__cl__epochs="ten"``.
     """
-    raw = {"name": "corpus", "weights": "none", "methods": ["untuned"],
+    raw = {"name": "corpus", "backbone": {"weights": "none"}, "methods": ["untuned"],
            "data": {"root": str(folder / "data"), "subjects": [1], "image_size": 64},
            "selection": {"hemispheres": ["lh"], "rois": ["V1v"], "min_vertices": 1},
            "encoding": {"n_components": 4, "batch_size": 8},
@@ -613,6 +613,9 @@ case("method-missing-word", _option("--method", "NA"), "--method",
      "'NA' reads as a missing value")(_valid)
 case("weights-missing", _option("--weights", "{case}/alexnet.pt"), "{case}/alexnet.pt",
      "weights file not found")(_valid)
+case("backbone-unknown", _option("--backbone", "vgg"), "backbone 'vgg': unknown")(_valid)
+case("layer-unknown", _option("--layer", "features.99"), "layers: unknown module name",
+     "cortexcl layers")(_valid)
 
 
 @case("weights-corrupt", _option("--weights", "{case}/alexnet.pt"), "{case}/alexnet.pt",
@@ -742,7 +745,19 @@ def _(folder: Path) -> None:
 @case("config-weights-missing", RUN, "{case}/alexnet.pt", "weights file not found")
 def _(folder: Path) -> None:
     """The configured weights file does not exist."""
-    write_config(folder, weights=str(folder / "alexnet.pt"))
+    write_config(folder, backbone__weights=str(folder / "alexnet.pt"))
+
+
+@case("config-backbone-unknown", RUN, "backbone.name: backbone 'vgg': unknown")
+def _(folder: Path) -> None:
+    """The configured backbone is no network cortexcl knows."""
+    write_config(folder, backbone__name="vgg")
+
+
+@case("config-weights-top-level", RUN, "weights: moved to backbone.weights")
+def _(folder: Path) -> None:
+    """A configuration written before backbones had names (top-level weights)."""
+    write_config(folder, weights="none")
 
 
 @case("config-device-unknown", RUN, "unknown device 'abacus'")

@@ -9,6 +9,7 @@ build never leaves a partial cache behind. Batches are served as torch tensors o
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import os
 import tempfile
@@ -41,13 +42,16 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "cortexcl"
 
 
-def normalize(batch_uint8: torch.Tensor) -> torch.Tensor:
-    """Scale a uint8 image batch to [0, 1] and normalise it with the ImageNet mean and std.
+def normalize(batch_uint8: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
+              std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+    """Scale a uint8 image batch to [0, 1] and normalise it per channel: (x − mean) / std.
 
     Parameters
     ----------
     batch_uint8 : torch.Tensor
         uint8 tensor of shape (B, 3, S, S).
+    mean, std : sequence of 3 floats
+        The backbone's normalisation (default ImageNet's; `Backbone.mean`, `Backbone.std`).
 
     Returns
     -------
@@ -60,8 +64,8 @@ def normalize(batch_uint8: torch.Tensor) -> torch.Tensor:
             f"got {batch_uint8.dtype} {tuple(batch_uint8.shape)}"
         )
     device = batch_uint8.device
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     return batch_uint8.to(torch.float32).div_(255.0).sub_(mean).div_(std)
 
 
@@ -158,8 +162,12 @@ class ImageStore:
     Notes
     -----
     On a CUDA device the whole uint8 array is copied to the GPU on first use and batches are
-    cut and normalised there, so no image crosses the bus twice.
+    cut and normalised there, so no image crosses the bus twice. Batches are normalised with
+    ``normalization`` (ImageNet's mean and std unless `normalized` made a store for another
+    backbone).
     """
+
+    normalization: tuple[tuple[float, ...], tuple[float, ...]] = (IMAGENET_MEAN, IMAGENET_STD)
 
     def __init__(
         self,
@@ -198,6 +206,12 @@ class ImageStore:
 
     def __repr__(self) -> str:
         return f"ImageStore({len(self)} images, size={self.size}, cache_dir={self.cache_dir})"
+
+    def normalized(self, mean: Sequence[float], std: Sequence[float]) -> ImageStore:
+        """The same images (decoded once, shared), normalised with another mean and std."""
+        store = copy.copy(self)
+        store.normalization = (tuple(mean), tuple(std))
+        return store
 
     @cached_property
     def key(self) -> str:
@@ -344,7 +358,7 @@ class ImageStore:
         self, indices: Sequence[int] | np.ndarray, device: str | torch.device | None = None
     ) -> torch.Tensor:
         """Return images as a normalised float32 (B, 3, S, S) tensor (see :func:`normalize`)."""
-        return normalize(self.uint8(indices, device))
+        return normalize(self.uint8(indices, device), *self.normalization)
 
     def batches(
         self,

@@ -13,11 +13,10 @@ from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 import torch
-from torchvision.models.feature_extraction import create_feature_extractor
 from tqdm.auto import tqdm
 
 from cortexcl.errors import InputError
-from cortexcl.models.backbones import CANDIDATE_LAYERS, resolve_device
+from cortexcl.models.backbones import CANDIDATE_LAYERS, TOKEN_REDUCTIONS, resolve_device
 
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 
@@ -92,19 +91,23 @@ def extract_features(
     """Flattened activations of ``layers`` for a set of images.
 
     The backbone runs in eval mode under ``torch.inference_mode`` (dropout off, no gradients);
-    each image's activation of a layer is flattened to C·H·W values with no pooling
-    (docs/method.md §3.1). On a GPU the forward passes use bfloat16 autocast and channels-last
+    each image's activation of a layer (the output of the module of that name, read by a
+    forward hook) is flattened to C·H·W values with no pooling (docs/method.md §3.1). A
+    transformer layer ``<module>:cls`` keeps the CLS token of the module's ``(B, tokens, D)``
+    output, ``<module>:mean`` the mean of its patch tokens (the tokens after the model's
+    ``num_prefix_tokens``). On a GPU the forward passes use bfloat16 autocast and channels-last
     memory; channels-last is used on the CPU too, where it is faster. The model passed in is
     not modified (a copy runs).
 
     Parameters
     ----------
     model : torch.nn.Module
-        A torchvision AlexNet (or any module with the named layers).
+        A backbone (`cortexcl.models.backbones.build_backbone`), or any module with the named
+        layers.
     images : ImageStore
         Source of normalised image batches (``images.batches(indices, batch_size, device)``).
     layers : sequence of str
-        Module names, e.g. ``"features.2"``, ``"classifier.5"``.
+        Module names, e.g. ``"features.2"``, ``"classifier.5"``, or ``"blocks.3:cls"``.
     indices : sequence of int, optional
         Images to use, in the order of the output rows; default all.
     batch_size : int
@@ -130,10 +133,11 @@ def extract_features(
     """
     layers = tuple(layers)
     modules = dict(model.named_modules())
-    unknown = [layer for layer in layers if layer not in modules or not layer]
+    unknown = [layer for layer in layers if not _known_layer(layer, modules)]
     if unknown or not layers:
         raise InputError(f"layers: unknown module name(s) {unknown or '(none given)'}; "
-                         f"AlexNet candidates are {', '.join(CANDIDATE_LAYERS)}")
+                         f"`cortexcl layers BACKBONE` lists them (AlexNet's candidates are "
+                         f"{', '.join(CANDIDATE_LAYERS)})")
     if batch_size < 1:
         raise InputError(f"batch_size must be positive, got {batch_size}")
     device = resolve_device(device)
@@ -142,7 +146,7 @@ def extract_features(
         raise InputError("extract_features: no images to process")
     on_gpu = device.type == "cuda"
     network = copy.deepcopy(model).eval().to(device, memory_format=torch.channels_last)
-    extractor = create_feature_extractor(network, return_nodes={layer: layer for layer in layers})
+    extractor = _LayerTaps(network, layers)
     writer = None
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -181,6 +185,44 @@ def extract_features(
     finally:
         bar.close()
     return arrays
+
+
+def _known_layer(layer: str, modules: dict[str, torch.nn.Module]) -> bool:
+    module, _, reduction = layer.partition(":")
+    return bool(module) and module in modules and reduction in ("", *TOKEN_REDUCTIONS)
+
+
+class _LayerTaps:
+    """Calls a network and returns the outputs of named modules (forward hooks)."""
+
+    def __init__(self, network: torch.nn.Module, layers: Sequence[str]) -> None:
+        self.network = network
+        self.layers = tuple(layers)
+        self.prefix = int(getattr(network, "num_prefix_tokens", 1))
+        self.outputs: dict[str, torch.Tensor] = {}
+        modules = dict(network.named_modules())
+        for module in dict.fromkeys(layer.partition(":")[0] for layer in self.layers):
+            modules[module].register_forward_hook(self._keeper(module))
+
+    def _keeper(self, module: str) -> Any:
+        def keep(_: torch.nn.Module, __: Any, output: Any) -> None:
+            # A copy: a later in-place operation (ReLU(inplace=True)) must not change it.
+            self.outputs[module] = (output[0] if isinstance(output, tuple) else output).clone()
+        return keep
+
+    def __call__(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.outputs.clear()
+        self.network(batch)
+        taken = {}
+        for layer in self.layers:
+            module, _, reduction = layer.partition(":")
+            output = self.outputs[module]
+            if reduction == "cls":
+                output = output[:, 0]
+            elif reduction == "mean":
+                output = output[:, self.prefix:].mean(1)
+            taken[layer] = output
+        return taken
 
 
 def check_float16_range(layer: str, activation: torch.Tensor) -> None:

@@ -21,7 +21,12 @@ from cortexcl.encoding.features import extract_features
 from cortexcl.encoding.model import EncodingModel, PCACache
 from cortexcl.errors import InputError
 from cortexcl.metrics import nc_normalized_score, summarize_r
-from cortexcl.models.backbones import describe_weights, initial_weights, load_alexnet
+from cortexcl.models.backbones import (
+    build_backbone,
+    describe_weights,
+    get_backbone,
+    initial_weights,
+)
 from cortexcl.rundir import RunDirectory
 
 TABLE_KEY = ("subject", "hemisphere", "roi", "method")
@@ -127,6 +132,7 @@ def encode_subject(
     hemispheres: Sequence[str] = HEMISPHERES,
     rois: str | Sequence[str] = "early",
     weights: str | Path = "imagenet",
+    backbone: str = "alexnet",
     method: str = "untuned",
     split_seed: int = 0,
     seed: int | None = None,
@@ -160,6 +166,9 @@ def encode_subject(
         for every vertex of the hemisphere.
     weights : {"imagenet", "none"} or path
         Backbone weights; ``none`` is a random initialisation and is recorded as such.
+    backbone : str
+        The network (`cortexcl.models.backbones.get_backbone`); its input normalisation is
+        used and its default candidate layers unless ``settings.layers`` names others.
     method : str
         Name of the backbone in tables and paths.
     split_seed : int
@@ -200,9 +209,11 @@ def encode_subject(
     n_dropped = n_val_dropped = 0
     if exclude_ids is not None:
         split, n_dropped, n_val_dropped = without_images(split, subject.image_ids, exclude_ids)
-    backbone = load_alexnet(weights, seed=split_seed)
+    spec = get_backbone(backbone)
+    network = build_backbone(spec.name, weights, seed=split_seed)
     weights_label = describe_weights(weights, seed=split_seed)
-    context = {"weights": weights_label, "initial_weights": initial_weights(weights, split_seed),
+    context = {"backbone": spec.name, "weights": weights_label,
+               "initial_weights": initial_weights(weights, split_seed),
                "protocol": settings.protocol, "split_seed": split_seed,
                # The paper protocol's final fit is the 85 % tuning split (its train part).
                "refit": settings.refit if settings.protocol == "clean" else "train",
@@ -212,7 +223,9 @@ def encode_subject(
                "data_hash": subject.data_hash()}
     rows, excluded = [], []
     with tempfile.TemporaryDirectory(dir=run.root, prefix=".features-") as feature_dir:
-        features = extract_features(backbone, subject.images, batch_size=settings.batch_size,
+        features = extract_features(network, subject.images.normalized(spec.mean, spec.std),
+                                    layers=settings.layers or spec.layers,
+                                    batch_size=settings.batch_size,
                                     device=device, out_dir=feature_dir, progress=progress)
         pca_cache = PCACache()
         for hemisphere in hemispheres:

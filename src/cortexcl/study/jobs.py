@@ -154,9 +154,9 @@ def plan_jobs(config: StudyConfig, roi_sizes: Callable[[str, str, str], int]) ->
     hemispheres = config.selection.hemispheres
     rois = config.selection.rois
     minimum = config.selection.min_vertices
-    common = config.digest("data", "split_seed", "weights")
+    common = config.digest("data", "split_seed", "backbone")
     encoding = settings_digest(
-        config.digest("data", "split_seed", "weights", "selection", "encoding"), RESULT_FORMAT)
+        config.digest("data", "split_seed", "backbone", "selection", "encoding"), RESULT_FORMAT)
     # The MI bound, computed by contrastive encodes.
     evaluation = settings_digest(config.evaluation.mutual_info, config.evaluation.temperature_scan)
     jobs: list[Job] = []

@@ -42,7 +42,7 @@ from cortexcl.evaluation.saliency import (
     probe_head,
     saliency_examples,
 )
-from cortexcl.models.backbones import load_alexnet
+from cortexcl.models.backbones import build_backbone
 from cortexcl.rundir import RunDirectory
 from cortexcl.study.jobs import Job, backbone_name, model_dir, parse_backbone_name
 from cortexcl.tuning.checkpoints import BACKBONE
@@ -72,10 +72,11 @@ def probe_dataset(settings: ClassificationConfig, seed: int, progress: bool) -> 
 def job_backbone(job: Job, run: RunDirectory, config: StudyConfig) -> torch.nn.Module:
     """The backbone a probe or saliency job works on."""
     if job.method == "untuned":
-        return load_alexnet(config.weights, seed=config.split_seed)
+        return build_backbone(config.backbone.name, config.backbone.weights,
+                              seed=config.split_seed)
     tuned_by = "pooled" if job.method.startswith("pooled") else job.subject
-    return load_alexnet(model_dir(run.root, job.method, tuned_by, job.hemisphere, job.roi,
-                                  job.seed) / BACKBONE)
+    return build_backbone(config.backbone.name, model_dir(
+        run.root, job.method, tuned_by, job.hemisphere, job.roi, job.seed) / BACKBONE)
 
 
 def _name(job: Job) -> str:

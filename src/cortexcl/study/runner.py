@@ -38,7 +38,7 @@ from cortexcl.evaluation.nod_transfer import NOD, nsd_counterpart, write_nod_tab
 from cortexcl.evaluation.single_subject import write_tables
 from cortexcl.evaluation.transfer import split_transfer, train_image_ids, write_matched_baselines
 from cortexcl.models import TUNING_METHODS
-from cortexcl.models.backbones import load_alexnet, resolve_device
+from cortexcl.models.backbones import build_backbone, get_backbone, resolve_device
 from cortexcl.models.heads import check_roi_size, check_roi_sizes
 from cortexcl.report import build_report
 from cortexcl.rundir import RunDirectory
@@ -183,7 +183,8 @@ def run_study(config: StudyConfig, out: str | Path, *, dry_run: bool = False,
     run.check_free()
     identity = study_identity(config)
     run.check_identity(identity, fresh=fresh)
-    load_alexnet(config.weights, seed=config.split_seed)  # a missing weights file fails at once
+    # A missing weights file or package fails at once.
+    build_backbone(config.backbone.name, config.backbone.weights, seed=config.split_seed)
     if config.execution.executor == "serial":
         resolve_device(device or config.execution.device)
     if dry_run:
@@ -199,7 +200,8 @@ def run_study(config: StudyConfig, out: str | Path, *, dry_run: bool = False,
             seeds={"split": config.split_seed, "tuning": config.seeds},
             datasets={name: context.subject(name).data_hash()
                       for name in map(subject_name, config.data.subjects)},
-            extra={"weights": config.weights, "data_root": str(context.data_root)})
+            extra={"backbone": config.backbone.name, "weights": config.backbone.weights,
+                   "data_root": str(context.data_root)})
         executor = make_executor(config.execution, run.root, progress=progress)
 
         def on_event(event: str, job: Job) -> None:
@@ -336,17 +338,19 @@ def _tuning_setup(job: Job, context: StudyContext) -> tuple[torch.nn.Module, lis
         members = [job.subject]
         settings = getattr(config.tuning, job.method)
         spec, options = TUNING_METHODS[job.method], {}
+    backbone_spec = get_backbone(config.backbone.name)
     data = []
     for name in members:
         subject = context.subject(name)
         split = context.split(subject)
         responses = subject.responses(job.hemisphere, job.roi)
         check_roi_size(responses.shape[1], minimum, f"{name} {job.hemisphere} {job.roi}")
-        data.append(TrainingSet(name, subject.images, responses, split.train, split.val))
+        images = subject.images.normalized(backbone_spec.mean, backbone_spec.std)
+        data.append(TrainingSet(name, images, responses, split.train, split.val))
     # The tuning seed varies the heads' initialisation and the batches, never the backbone's
     # initial weights: every replicate starts from the untuned backbone.
     seed = derive_seed(job.seed, job.key)
-    backbone = load_alexnet(config.weights, seed=config.split_seed)
+    backbone = build_backbone(backbone_spec.name, config.backbone.weights, seed=config.split_seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = spec.build(backbone, {d.name: d.responses.shape[1] for d in data}, settings,
@@ -367,7 +371,7 @@ def _tune(job: Job, context: StudyContext) -> None:
         "method": job.method, "subjects": [d.name for d in data], "hemisphere": job.hemisphere,
         "roi": job.roi, "n_vertices": {d.name: int(d.responses.shape[1]) for d in data},
         "settings": settings.model_dump(mode="json"), "seed": job.seed, "torch_seed": seed,
-        "weights": context.config.weights,
+        "backbone": context.config.backbone.name, "weights": context.config.backbone.weights,
         "data_hash": {d.name: context.subject(d.name).data_hash() for d in data},
         "n_train": {d.name: len(d.train) for d in data},
         "n_val": {d.name: len(d.val) for d in data},
@@ -383,7 +387,7 @@ def _encode(job: Job, context: StudyContext) -> None:
     subject = context.subject(job.subject)
     out = job.output_dir(context.run.root)
     if job.method == "untuned":
-        weights, hemispheres, rois = config.weights, config.selection.hemispheres, \
+        weights, hemispheres, rois = config.backbone.weights, config.selection.hemispheres, \
             config.selection.rois
     else:
         weights = _tuned_backbone(context, job.method, job.subject, job.hemisphere, job.roi,
@@ -416,7 +420,7 @@ def _nod(job: Job, context: StudyContext) -> None:
     nod = context.config.evaluation.nod_transfer
     subject = context.nod_subject(job.subject)
     if job.method == "untuned":
-        weights, hemispheres, rois = context.config.weights, \
+        weights, hemispheres, rois = context.config.backbone.weights, \
             context.config.selection.hemispheres, list(subject.rois)
     else:
         method, source = split_transfer(job.method)
@@ -460,7 +464,8 @@ def _encode_with(context: StudyContext, subject: Subject, run: RunDirectory, wei
         shared = read_shared_selection(untuned or context.run, subject.name, hemispheres,
                                        subject.expand_rois(rois))
     return encode_subject(
-        subject, run, hemispheres=hemispheres, rois=rois, weights=weights, method=method,
+        subject, run, hemispheres=hemispheres, rois=rois, weights=weights,
+        backbone=config.backbone.name, method=method,
         split_seed=config.split_seed, seed=seed, settings=config.encoding,
         min_vertices=config.selection.min_vertices,
         device=context.device, progress=context.progress, exclude_ids=exclude_ids,

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
-from torchvision.models import alexnet
 
 from cortexcl.atomic import atomic_write_bytes, atomic_write_json
 from cortexcl.errors import InputError
+from cortexcl.models.backbones import build_backbone
 
 BACKBONE = "backbone.safetensors"
 HEADS = "heads.safetensors"
@@ -44,29 +44,35 @@ def save_tuned(out_dir: str | Path, model: nn.Module, meta: dict[str, Any]) -> P
 
 
 def load_backbone(path: str | Path) -> nn.Module:
-    """Load a tuned backbone as a plain torchvision AlexNet in eval mode.
+    """Load a tuned backbone as a plain timm / torchvision network in eval mode.
 
     Parameters
     ----------
     path : path
-        A model folder written by `save_tuned`, or its ``backbone.safetensors`` file.
+        A model folder written by `save_tuned`, or its ``backbone.safetensors`` file. The
+        architecture is the ``backbone`` its ``meta.json`` records (AlexNet when there is none).
 
     Returns
     -------
     torch.nn.Module
-        ``torchvision.models.alexnet`` with the tuned weights, usable outside cortexcl.
+        The network with the tuned weights (e.g. ``torchvision.models.alexnet``, or timm's
+        ``tf_efficientnet_lite0``), usable outside cortexcl.
+
+    Raises
+    ------
+    InputError
+        If there is no backbone file, or it does not fit the recorded architecture.
     """
     path = Path(path)
     file = path / BACKBONE if path.is_dir() else path
     if not file.is_file():
         raise InputError(f"{file}: no tuned backbone here (expected {BACKBONE})")
-    model = alexnet(weights=None)
-    try:
-        model.load_state_dict(load_file(file))
-    except (RuntimeError, OSError, ValueError, SafetensorError) as error:
-        first_line = str(error).strip().splitlines()[0]
-        raise InputError(f"{file}: not an AlexNet state ({first_line})") from None
-    return model.eval()
+    meta = file.with_name(META)
+    name = "alexnet"
+    if meta.is_file():
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            name = str(json.loads(meta.read_text()).get("backbone", name))
+    return build_backbone(name, file)
 
 
 def load_heads(path: str | Path) -> dict[str, torch.Tensor]:

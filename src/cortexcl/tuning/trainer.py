@@ -170,7 +170,7 @@ class _DeviceImages:
 
 def _batch_loss(model: nn.Module, data: TrainingSet, source: _DeviceImages,
                 batch: torch.Tensor, device: torch.device) -> torch.Tensor:
-    images = normalize(source.batch(batch))
+    images = normalize(source.batch(batch), *data.images.normalization)
     responses = torch.from_numpy(np.ascontiguousarray(data.responses[batch.numpy()])).to(device)
     if device.type == "cuda":
         images = images.contiguous(memory_format=torch.channels_last)

