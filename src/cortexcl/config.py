@@ -95,6 +95,8 @@ class OptimizerConfig(_Strict):
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(1024, ge=2)
     lr: float = Field(1e-4, gt=0)
+    frozen: list[str] = Field(default_factory=list, description="backbone modules kept fixed "
+                                                               "(names or prefixes)")
 
 
 class ContrastiveConfig(OptimizerConfig):
@@ -104,7 +106,6 @@ class ContrastiveConfig(OptimizerConfig):
     symmetric: bool = False
     h_ratio: float = Field(0.8, gt=0)
     z_ratio: float = Field(0.2, gt=0)
-    frozen: list[str] = Field(default_factory=list, description="backbone modules kept fixed")
     regression_weight: float = Field(0.0, ge=0, description="λ of the mixed CL + λ·MSE objective")
 
 

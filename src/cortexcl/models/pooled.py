@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from cortexcl.errors import InputError
 from cortexcl.models.backbones import output_size
 from cortexcl.models.contrastive import check_pairs, check_temperature, info_nce
+from cortexcl.models.freezing import freeze_layers
 from cortexcl.models.heads import ProjectionHead
 
 POOLED_Z_RATIO = 0.25
@@ -151,7 +152,7 @@ class PooledContrastiveModel(nn.Module):
             ROI size of each subject.
         settings : object
             With attributes ``temperature`` and ``hidden_override`` (and optionally
-            ``symmetric``).
+            ``symmetric`` and ``frozen``: backbone layers frozen in place).
         mode, all_roi_sizes
             How ``h`` is chosen, see :func:`pooled_hidden_size`.
 
@@ -160,6 +161,7 @@ class PooledContrastiveModel(nn.Module):
         PooledContrastiveModel
         """
         h = pooled_hidden_size(vertex_counts, mode, all_roi_sizes, settings.hidden_override)
+        freeze_layers(backbone, getattr(settings, "frozen", ()))
         return cls(
             backbone,
             vertex_counts,

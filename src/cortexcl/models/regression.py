@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from cortexcl.errors import InputError
 from cortexcl.models.backbones import output_size
 from cortexcl.models.contrastive import check_pairs, single_vertex_count
+from cortexcl.models.freezing import freeze_layers
 
 
 class RegressionModel(nn.Module):
@@ -50,9 +51,10 @@ class RegressionModel(nn.Module):
     ) -> RegressionModel:
         """Build the model for ``{subject: n_vertices}`` (one subject).
 
-        ``settings`` (the ``tuning.rt`` section of a study) holds only optimiser settings,
-        which the trainer reads; the model itself has no options.
+        ``settings`` (the ``tuning.rt`` section of a study) holds the optimiser settings,
+        which the trainer reads, and ``frozen``: backbone layers frozen in place.
         """
+        freeze_layers(backbone, getattr(settings, "frozen", ()))
         return cls(backbone, single_vertex_count(vertex_counts), output_size(backbone))
 
     def predict(self, images: Tensor) -> Tensor:
