@@ -188,7 +188,7 @@ def test_report_shows_the_spread_over_tuning_seeds(tmp_path):
     assert set(seeds["method"]) == {"cl", "rt"} and (seeds["n_seeds"] == 3).all()
     assert "<h3>Spread over tuning seeds</h3>" in page
     assert "dots: each of the 3 tuning seeds of a tuned backbone" in page
-    assert "Each of the 3 tuning seeds draws its own curves." in page
+    assert "Each of the 3 tuning seeds draws its own curves (markers)" in page
     assert "cl vs untuned max p over seeds" in page  # the comparison shows the weakest seed
     table = pd.read_csv(root / "tables" / "encoding.csv")
     for _, part in table[table.method == "cl"].groupby(["hemisphere", "roi"]):

@@ -140,7 +140,7 @@ def test_json_has_no_nan(tmp_path):
 def test_random_init_is_announced_and_stale_figures_go(tmp_path, data_root):
     out = tmp_path / "run"
     result = encode(data_root, out)
-    assert "random weights (weights: none)" in " ".join(result.output.split())
+    assert "started from random weights (weights: none)" in " ".join(result.output.split())
     table = read_table(out / "tables" / "encoding.csv")
     assert table["initial_weights"].tolist() == ["none (random init, seed 0)"]
     (out / "figures").mkdir()

@@ -41,8 +41,12 @@ def test_config_separates_the_split_seed_from_the_tuning_seeds():
         study(seed=0)
     with pytest.raises(InputError, match="seeds: .*must differ"):
         study(seeds=[1, 1])
-    with pytest.raises(InputError, match="seeds: .*at least 1"):
+    with pytest.raises(InputError, match="seeds: give at least one tuning seed"):
         study(seeds=[])
+    with pytest.raises(InputError, match="seeds: tuning seeds are non-negative"):
+        study(seeds=[-1, 0])
+    with pytest.raises(InputError, match="encoding.layers: layer 'features.2' given twice"):
+        study(encoding={"layers": ["features.2", "features.2"]})
 
 
 def test_two_seeds_plan_two_tuned_models_and_one_untuned_encoding():
@@ -129,12 +133,12 @@ def test_seed_summary_matches_a_direct_computation():
     half = stats.t.ppf(0.975, 3) * delta.std(ddof=1) / np.sqrt(4)
     assert row["delta_r_vs_untuned"] == pytest.approx(delta.mean())
     assert row["sd_delta_r_vs_untuned"] == pytest.approx(delta.std(ddof=1))
-    assert (row["ci_low_vs_untuned"], row["ci_high_vs_untuned"]) == pytest.approx(
+    assert (row["seed_ci_low_vs_untuned"], row["seed_ci_high_vs_untuned"]) == pytest.approx(
         (delta.mean() - half, delta.mean() + half))
     assert row["n_significant_vs_untuned"] == 2
     assert row["seed_unit"] == "tuning seed"
     one = seed_summary(table[table.seed.isna() | (table.seed == 0)])
-    assert one.iloc[0]["n_seeds"] == 1 and np.isnan(one.iloc[0]["ci_low_vs_untuned"])
+    assert one.iloc[0]["n_seeds"] == 1 and np.isnan(one.iloc[0]["seed_ci_low_vs_untuned"])
     assert seed_summary(table[table.method == "untuned"]).empty
 
 
@@ -150,4 +154,5 @@ def test_terminal_table_shows_the_spread_over_seeds():
     assert row["cl"] == pytest.approx(0.33) and row["Δr (untuned)"] == pytest.approx(0.03)
     assert row["Δr SD (untuned)"] == pytest.approx(np.std([0.01, 0.05], ddof=1))
     assert row["max p Holm (untuned)"] == pytest.approx(0.03)
+    assert row["seeds p<.05 (untuned)"] == "2/2"
     assert "p (untuned)" not in wide

@@ -147,9 +147,10 @@ def layers(
 
     spec = get_backbone(backbone)
     names = layer_names(spec.name) if every else spec.layers
-    stdout.print(f"{spec.name}: input {spec.input_size} px, mean {spec.mean}, std {spec.std}; "
-                 f"probe layer {spec.penultimate}; Grad-CAM "
-                 f"{spec.gradcam or 'not available (gradient saliency only)'}")
+    stdout.print(f"{spec.name}: input {spec.input_size} px, mean {spec.mean}, std {spec.std}, "
+                 f"{spec.n_outputs} outputs (the tuning heads read them)")
+    if spec.name != "alexnet":
+        stdout.print("classification probes, landscape and saliency: AlexNet only for now")
     stdout.print(("every module" if every else "default candidate layers (encoding.layers, "
                   "--layer)") + ":")
     for name in names:
@@ -250,9 +251,14 @@ def _finish_study(out: Path, report) -> None:
         table = read_table(tables)
         wide = comparison_table(table)
         rt = [c for c in wide.columns if "RT" in c]  # CL vs RT: a table of its own (width)
-        print_summary(wide.drop(columns=rt), f"Mean test r per ROI, CL vs untuned ({tables}); "
-                      "p: permutation over test images, Holm over the table's ROIs",
-                      every_column=True)
+        seeds = table["seed"].dropna().nunique() if "seed" in table else 0
+        over = (f"tuned backbones: mean over {seeds} tuning seeds of r, of the % of vertices "
+                f"improved and of Δr; Δr SD over seeds; the largest Holm p of the seeds, and "
+                f"how many seeds have Holm p < 0.05 (tables/seeds.csv: the t interval over "
+                f"seeds)" if seeds > 1 else "p: permutation over test images, Holm over the "
+                "table's ROIs")
+        print_summary(wide.drop(columns=rt), f"Mean test r per ROI and backbone, CL vs untuned "
+                      f"({tables}); {over}", every_column=True)
         if rt:
             keys = [c for c in ("subject", "hemisphere", "roi") if c in wide]
             print_summary(wide[keys + rt], "CL vs RT", every_column=True)
@@ -276,21 +282,25 @@ def _warn(table: pd.DataFrame) -> None:
     from cortexcl.models.backbones import is_random_init
 
     labels = table.get("initial_weights", table.get("weights", pd.Series(dtype=str)))
-    if any(is_random_init(label) for label in labels.dropna()):
-        _announce("note: these backbones started from random weights (weights: none), not "
+    random = sorted({method for method, label in zip(table["method"], labels, strict=True)
+                     if isinstance(label, str) and is_random_init(label)})
+    if random:
+        _announce(f"note: {', '.join(random)} started from random weights (weights: none), not "
                   "ImageNet: the numbers show the pipeline, not the published science")
     if "n_constant" in table and (table["n_constant"] > 0).any():
         _announce(f"note: {int(table['n_constant'].sum())} vertices have constant measured or "
                   "predicted test responses and count as r = 0 in their ROI's mean (column "
                   "n_constant)")
-    for edge in ("low", "high"):
-        column = f"pct_alpha_at_{edge}_edge"
-        if column in table and (table[column] > ALPHA_EDGE_WARNING).any():
-            worst = table.loc[table[column].idxmax()]
-            _announce(f"note: {int((table[column] > ALPHA_EDGE_WARNING).sum())} result(s) "
-                      f"have over {ALPHA_EDGE_WARNING:.0f} % of their vertices at the {edge} "
-                      f"edge of the α grid (worst: {worst['hemisphere']} {worst['roi']} "
-                      f"{worst['method']}, {worst[column]:.0f} %); see the {column} column")
+    if {"pct_alpha_at_low_edge", "pct_alpha_at_high_edge"} <= set(table.columns):
+        edges = table["pct_alpha_at_low_edge"] + table["pct_alpha_at_high_edge"]
+        if (edges > ALPHA_EDGE_WARNING).any():
+            worst = table.loc[edges.idxmax()]
+            _announce(f"note: {int((edges > ALPHA_EDGE_WARNING).sum())} result(s) have over "
+                      f"{ALPHA_EDGE_WARNING:.0f} % of their vertices at an edge of the α grid "
+                      f"(worst: {worst['hemisphere']} {worst['roi']} {worst['method']}, "
+                      f"{worst['pct_alpha_at_low_edge']:.0f} % low, "
+                      f"{worst['pct_alpha_at_high_edge']:.0f} % high): too few images, or a grid "
+                      f"that does not fit; see the pct_alpha_at_*_edge columns")
 
 
 @contextlib.contextmanager

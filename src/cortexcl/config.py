@@ -146,6 +146,14 @@ class EncodingConfig(_Strict):
     layers: list[str] | None = Field(None, min_length=1,
                                      description="candidate layers (`cortexcl layers BACKBONE`); "
                                                  "null: the backbone's default")
+
+    @field_validator("layers")
+    @classmethod
+    def _distinct_layers(cls, layers: list[str] | None) -> list[str] | None:
+        repeated = sorted({layer for layer in layers or () if layers.count(layer) > 1})
+        if repeated:
+            raise ValueError(f"layer {', '.join(map(repr, repeated))} given twice")
+        return layers
     selection: Literal["per-method", "shared-untuned"] = Field(
         "per-method", description="α per vertex and layer per ROI for each backbone, or the "
                                   "published P-A: one layer and α per ROI chosen on the "
@@ -330,11 +338,16 @@ class StudyConfig(_Strict):
                              "weights: imagenet})")
         return raw
 
-    @field_validator("seeds")
+    @field_validator("seeds", mode="before")
     @classmethod
-    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
-        if len(set(seeds)) != len(seeds):
-            raise ValueError(f"the tuning seeds must differ (got {seeds})")
+    def _distinct_seeds(cls, seeds: Any) -> Any:
+        if isinstance(seeds, list):
+            if not seeds:
+                raise ValueError("give at least one tuning seed, e.g. [0, 1, 2]")
+            if len(set(map(str, seeds))) != len(seeds):
+                raise ValueError(f"the tuning seeds must differ (got {seeds})")
+            if any(isinstance(seed, int) and seed < 0 for seed in seeds):
+                raise ValueError(f"tuning seeds are non-negative integers (got {seeds})")
         return seeds
 
     @model_validator(mode="after")
@@ -437,7 +450,8 @@ def _input_error(error: ValidationError, prefix: str,
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown key"
-    elif isinstance(first.get("input"), str | int | float | bool):
+    elif isinstance(first.get("input"), str | int | float | bool) and \
+            repr(first["input"]) not in message:
         message += f" (got {first['input']!r})"
     return InputError(f"{prefix}{where}: {message}" if where else f"{prefix}{message}")
 

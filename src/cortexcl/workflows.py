@@ -90,7 +90,14 @@ def encode(
     }
     identity = {"kind": "encode", "settings": recorded}
     run.check_identity(identity, fresh=fresh)
-    check_layers(backbone, settings.layers)
+    try:
+        get_backbone(backbone)
+    except InputError as error:
+        raise InputError(f"--backbone: {error}") from None
+    try:
+        check_layers(backbone, settings.layers)
+    except InputError as error:
+        raise InputError(f"--layer: {str(error).removeprefix('layers: ')}") from None
     build_backbone(backbone, weights, seed=seed)  # a missing or damaged weights file fails
     data = load_subject(data_root, subject, image_size=image_size, cache_dir=cache_dir,
                         progress=progress)

@@ -613,8 +613,11 @@ case("method-missing-word", _option("--method", "NA"), "--method",
      "'NA' reads as a missing value")(_valid)
 case("weights-missing", _option("--weights", "{case}/alexnet.pt"), "{case}/alexnet.pt",
      "weights file not found")(_valid)
-case("backbone-unknown", _option("--backbone", "vgg"), "backbone 'vgg': unknown")(_valid)
-case("layer-unknown", _option("--layer", "features.99"), "layers: unknown module name",
+case("backbone-unknown", _option("--backbone", "vgg"), "--backbone: backbone 'vgg': unknown",
+     "torchvision:vgg11")(_valid)
+case("layer-twice", _option("--layer", "features.2") + ("--layer", "features.2"),
+     "--layers: layer 'features.2' given twice")(_valid)
+case("layer-unknown", _option("--layer", "features.99"), "--layer: unknown module name",
      "cortexcl layers")(_valid)
 
 

@@ -137,8 +137,8 @@ def seed_summary(table: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     DataFrame
         One row per subject × hemisphere × ROI × method: ``n_seeds``; ``mean_r``, ``sd_r``,
         ``min_r``, ``max_r`` over seeds; per baseline b, ``delta_r_vs_b`` (mean over seeds),
-        ``sd_delta_r_vs_b``, ``min_delta_r_vs_b``, ``max_delta_r_vs_b``, ``ci_low_vs_b`` and
-        ``ci_high_vs_b`` (Student t interval of the mean over seeds,
+        ``sd_delta_r_vs_b``, ``min_delta_r_vs_b``, ``max_delta_r_vs_b``, ``seed_ci_low_vs_b``
+        and ``seed_ci_high_vs_b`` (Student t interval of the mean over seeds,
         mean ± t₀.₉₇₅,ₙ₋₁ · SD / √n; NaN with one seed; unit: the tuning seed, so it
         describes tuning variability, not the test images') and ``n_significant_vs_b`` (seeds
         with Holm-adjusted p < 0.05). Empty when no row has a seed.
@@ -160,11 +160,13 @@ def seed_summary(table: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
                                              scale=delta.std(ddof=1) / np.sqrt(delta.size))
             else:
                 low = high = np.nan
-            row.update({f"ci_low_vs_{baseline}": low, f"ci_high_vs_{baseline}": high,
+            row.update({f"seed_ci_low_vs_{baseline}": low, f"seed_ci_high_vs_{baseline}": high,
                         f"n_significant_vs_{baseline}": int(
                             (part[f"p_holm_vs_{baseline}"] < 0.05).sum())})
         rows.append(row)
-    return pd.DataFrame(rows)
+    summary = pd.DataFrame(rows)
+    counts = [c for c in summary.columns if c.startswith("n_significant_vs_")]
+    return summary.astype({c: "Int64" for c in counts})
 
 
 def _spread(values: pd.Series, name: str) -> dict[str, float]:
@@ -254,8 +256,9 @@ def comparison_table(table: pd.DataFrame) -> pd.DataFrame:
     ``CL>untuned %`` (vertices improved, descriptive), ``Δr (untuned)`` (mean r difference on
     the shared test images) and, with one tuning seed, ``p (untuned)`` (the permutation test
     over test images) and ``p Holm (untuned)`` (adjusted over every subject × hemisphere × ROI
-    of the table); with several seeds, ``Δr SD (untuned)`` (over seeds) and ``max p Holm
-    (untuned)`` (the least significant seed). The same for RT.
+    of the table); with several seeds, ``Δr SD (untuned)`` (over seeds), ``max p Holm
+    (untuned)`` (the least significant seed) and ``seeds p<.05 (untuned)`` (how many seeds have
+    a Holm-adjusted p below 0.05, e.g. ``1/3``). The same for RT.
     """
     keys = ["hemisphere", "roi"] if table["subject"].nunique() == 1 else ENTRY
     wide = table.pivot_table(index=keys, columns="method", values="mean_r").reset_index()
@@ -273,4 +276,8 @@ def comparison_table(table: pd.DataFrame) -> pd.DataFrame:
                     [("p", "mean", f"p ({label})"), ("p_holm", "mean", f"p Holm ({label})")])
         for column, statistic, title in columns:
             wide[title] = index.map(cl[f"{column}_vs_{baseline}"].agg(statistic)).to_numpy()
+        if several:
+            counts = cl[f"p_holm_vs_{baseline}"].agg(
+                lambda p: f"{int((p < 0.05).sum())}/{int(p.notna().sum())}")
+            wide[f"seeds p<.05 ({label})"] = index.map(counts).to_numpy()
     return wide

@@ -212,7 +212,12 @@ def _architecture(name: str) -> nn.Module:
             raise InputError(f"backbone {name!r}: torchvision has no classification model "
                              f"{model!r} (see torchvision.models.list_models())")
         return models.get_model(model, weights=None)
-    raise InputError(f"backbone {name!r}: unknown (use {', '.join(_FAMILIES)})")
+    from torchvision import models
+
+    close = [f"torchvision:{m}" for m in models.list_models(module=models)
+             if m.startswith(name.lower())][:4]
+    raise InputError(f"backbone {name!r}: unknown (use {', '.join(_FAMILIES)})"
+                     + (f"; did you mean {', '.join(close)}?" if close else ""))
 
 
 def build_backbone(name: str = "alexnet", weights: str | Path = IMAGENET,

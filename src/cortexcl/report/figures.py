@@ -196,7 +196,11 @@ def stamp_figure(path: Path, text: str) -> Path:
 
     with Image.open(path) as opened:
         image = opened.convert("RGB")
-    font = ImageFont.load_default(size=16)
+    size = 16
+    font = ImageFont.load_default(size=size)
+    while size > 8 and font.getlength(text) > image.width - 16:  # the whole text fits
+        size -= 1
+        font = ImageFont.load_default(size=size)
     height = int(font.size * 1.8)
     stamped = Image.new("RGB", (image.width, image.height + height), "white")
     stamped.paste(image, (0, height))
@@ -472,7 +476,8 @@ def training_curves(results: RunResults, out_dir: Path, subject: str) -> ReportF
             ax = axes[row, col]
             chance = set()
             for roi, model, log in logs.get((method, hemisphere), []):
-                style = {"color": colors[roi], "linewidth": 1.2, "marker": "o", "markersize": 3}
+                style = {"color": colors[roi], "linewidth": 1.2, "markersize": 3.5,
+                         "marker": _seed_marker(model, results.seeds)}
                 ax.plot(log["epoch"], log["train_loss"], **style)
                 if "val_loss" in log and log["val_loss"].notna().any():
                     ax.plot(log["epoch"], log["val_loss"], linestyle="--", **style)
@@ -495,6 +500,10 @@ def training_curves(results: RunResults, out_dir: Path, subject: str) -> ReportF
                if roi in shown]
     handles += [Line2D([], [], color="black", label="train"),
                 Line2D([], [], color="black", linestyle="--", label="validation")]
+    if len(results.seeds) > 1:
+        handles += [Line2D([], [], color="black", marker=_seed_marker(
+            Path(seed_folder(seed)), results.seeds), linestyle="", label=f"seed {seed}")
+            for seed in results.seeds]
     fig.legend(handles=handles, loc="outside right upper", frameon=False, fontsize=8)
     path = save_figure(fig, out_dir / "training_curves.png")
     caption = (f"Loss per epoch while tuning each backbone on the ROI's responses (subject-"
@@ -506,9 +515,22 @@ def training_curves(results: RunResults, out_dir: Path, subject: str) -> ReportF
                f"validation batch (dash-dotted); a curve below its line has learned to match "
                f"images and responses. "
                f"Regression tuning (rt) shows its mean squared error."
-               + (f" Each of the {len(results.seeds)} tuning seeds draws its own curves."
+               + (f" Each of the {len(results.seeds)} tuning seeds draws its own curves "
+                  f"(markers); curves of seeds that behave alike lie on top of each other."
                   if len(results.seeds) > 1 else ""))
     return ReportFigure("training_curves", path, "Tuning curves", caption)
+
+
+SEED_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def _seed_marker(model_dir: Path, seeds: Sequence[int]) -> str:
+    """The marker of a tuning seed's curves (the model folder is ``…/seed-<s>``)."""
+    name = model_dir.name
+    for position, seed in enumerate(seeds):
+        if name == seed_folder(seed):
+            return SEED_MARKERS[position % len(SEED_MARKERS)]
+    return SEED_MARKERS[0]
 
 
 def _batch_sizes(model_dir: Path) -> dict[str, int]:

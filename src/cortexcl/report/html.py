@@ -292,7 +292,10 @@ def _overview(results: RunResults, manifest: dict) -> str:
                           ("n_train", "Train images"), ("n_val", "Validation images"),
                           ("n_test", "Test images")):
         if column in table:
-            facts.append((label, ", ".join(str(v) for v in table[column].dropna().unique())))
+            values = sorted(table[column].dropna().unique(), key=str)
+            facts.append((label, ", ".join(
+                str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
+                for v in values)))
     if manifest.get("data_root"):
         facts.append(("Data", str(manifest["data_root"])))
     rows = "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in facts)

@@ -1,0 +1,5 @@
+"""``python -m cortexcl``: the command line, as the ``cortexcl`` command."""
+
+from cortexcl.cli import main
+
+main()
