@@ -616,7 +616,7 @@ case("weights-missing", _option("--weights", "{case}/alexnet.pt"), "{case}/alexn
 case("backbone-unknown", _option("--backbone", "vgg"), "--backbone: backbone 'vgg': unknown",
      "torchvision:vgg11")(_valid)
 case("layer-twice", _option("--layer", "features.2") + ("--layer", "features.2"),
-     "--layers: layer 'features.2' given twice")(_valid)
+     "--layer: layer 'features.2' given twice")(_valid)
 case("layer-unknown", _option("--layer", "features.99"), "--layer: unknown module name",
      "cortexcl layers")(_valid)
 
