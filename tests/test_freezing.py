@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+import torch
+from torch import nn
 from torchvision.models import alexnet
 
 from cortexcl.errors import InputError
@@ -45,3 +47,23 @@ def test_unknown_layer(name):
     message = str(info.value)
     assert repr(name) in message and "features.0, features.2, classifier.1" in message
     assert trainable(backbone) == [n for n, _ in backbone.named_parameters()]
+
+
+def test_frozen_batch_norm_keeps_its_running_statistics():
+    """A frozen stage computes what it computed before tuning, in train mode too: its
+    batch-norm layers normalise with their running statistics and never update them."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3),
+                        nn.BatchNorm2d(4))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    freeze_layers(net, ["0", "1"])
+    images = torch.randn(8, 3, 10, 10) * 3 + 1
+    net.train()
+    frozen_out = net[1](net[0](images))
+    net(images)
+    state = net.state_dict()
+    for key in ("1.running_mean", "1.running_var", "1.num_batches_tracked"):
+        assert torch.equal(state[key], before[key]), key
+    assert not torch.equal(state["3.running_mean"], before["3.running_mean"])  # not frozen
+    net.eval()
+    torch.testing.assert_close(frozen_out, net[1](net[0](images)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from cortexcl.errors import InputError
 
@@ -15,7 +16,9 @@ def freeze_layers(module: nn.Module, names: Sequence[str]) -> list[str]:
     A name selects every parameter whose full name equals it or starts with ``name + "."``,
     so ``"features.0"`` freezes the first AlexNet convolution and ``"features"`` the whole
     convolutional part. Frozen parameters get ``requires_grad = False``; build the optimiser
-    from the parameters that still require gradients.
+    from the parameters that still require gradients. Batch-norm layers under a frozen name
+    keep their running statistics too: they always normalise in eval mode (a forward pre-hook),
+    so a frozen stage computes exactly what it computed before tuning.
 
     Parameters
     ----------
@@ -46,4 +49,13 @@ def freeze_layers(module: nn.Module, names: Sequence[str]) -> list[str]:
         selected |= matched
     for name in selected:
         parameters[name].requires_grad_(False)
+    for name, submodule in module.named_modules():
+        if isinstance(submodule, _BatchNorm) and any(
+                name == frozen or name.startswith(f"{frozen}.") for frozen in names):
+            submodule.register_forward_pre_hook(_running_statistics_kept)
     return [p for p in parameters if p in selected]
+
+
+def _running_statistics_kept(module: nn.Module, _: object) -> None:
+    """Normalise with the running statistics and leave them unchanged (eval-mode batch norm)."""
+    module.training = False
