@@ -110,7 +110,7 @@ def test_features_use_the_backbones_normalisation_and_token_layers(tmp_path, lit
     store = images.normalized(spec.mean, spec.std)
     features = extract_features(lite0, store, layers=["blocks.4", "global_pool"],
                                 progress=False)
-    x = torch.from_numpy(images.array()).permute(0, 3, 1, 2).float() / 255.0
+    x = torch.from_numpy(np.array(images.array())).permute(0, 3, 1, 2).float() / 255.0
     with torch.inference_mode():
         pooled = lite0.forward_head(lite0.forward_features((x - 0.5) / 0.5), pre_logits=True)
     np.testing.assert_allclose(features["global_pool"], pooled.numpy(), rtol=1e-4, atol=1e-5)
