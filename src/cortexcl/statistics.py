@@ -26,7 +26,7 @@ Hochberg (1995), *J. R. Statist. Soc. B* 57:289-300.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -425,12 +425,17 @@ def subject_tests(differences: ArrayLike, *, alpha: float = 0.05,
     return result
 
 
-def _family(pvalues: ArrayLike, name: str) -> tuple[np.ndarray, np.ndarray]:
+def _adjust_family(pvalues: ArrayLike, name: str,
+                   adjust: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``adjust`` applied to the tested (non-NaN) p-values of a family; NaN stays NaN."""
     p = np.asarray(pvalues, dtype=np.float64).reshape(-1)
     tested = ~np.isnan(p)
     if np.any((p[tested] < 0) | (p[tested] > 1)):
         raise InputError(f"{name}: p-values must lie in [0, 1]")
-    return p, tested
+    adjusted = np.full(p.shape, np.nan)
+    if tested.any():
+        adjusted[tested] = adjust(p[tested])
+    return adjusted
 
 
 def holm(pvalues: ArrayLike) -> np.ndarray:
@@ -453,17 +458,15 @@ def holm(pvalues: ArrayLike) -> np.ndarray:
     InputError
         If a p-value lies outside [0, 1].
     """
-    p, tested = _family(pvalues, "holm")
-    adjusted = np.full(p.shape, np.nan)
-    values = p[tested]
-    m = values.size
-    if m:
+    def step_down(values: np.ndarray) -> np.ndarray:
+        m = values.size
         order = np.argsort(values, kind="stable")
-        steps = np.minimum(1.0, (m - np.arange(m)) * values[order])
         result = np.empty(m)
-        result[order] = np.maximum.accumulate(steps)
-        adjusted[tested] = result
-    return adjusted
+        result[order] = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m))
+                                                         * values[order]))
+        return result
+
+    return _adjust_family(pvalues, "holm", step_down)
 
 
 def benjamini_hochberg(pvalues: ArrayLike) -> np.ndarray:
@@ -486,11 +489,8 @@ def benjamini_hochberg(pvalues: ArrayLike) -> np.ndarray:
     InputError
         If a p-value lies outside [0, 1].
     """
-    p, tested = _family(pvalues, "benjamini_hochberg")
-    adjusted = np.full(p.shape, np.nan)
-    if tested.any():
-        adjusted[tested] = stats.false_discovery_control(p[tested], method="bh")
-    return adjusted
+    return _adjust_family(pvalues, "benjamini_hochberg",
+                          lambda values: stats.false_discovery_control(values, method="bh"))
 
 
 def adjusted_name(column: str, correction: str) -> str:
