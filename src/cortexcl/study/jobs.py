@@ -110,9 +110,11 @@ class Job:
             shutil.rmtree(out)
 
 
-def model_dir(root: Path, method: str, tuned_by: str, hemisphere: str, roi: str,
+def model_dir(root: Path, method: str, subject: str, hemisphere: str, roi: str,
               seed: int | None) -> Path:
-    """Folder of a tuned model: ``models/<subject or pooled>/<hemi>/<roi>/<method>/seed-<s>``."""
+    """Folder of a tuned model: ``models/<subject or pooled>/<hemi>/<roi>/<method>/seed-<s>``
+    (a pooled method's models lie under ``pooled`` whatever ``subject`` is)."""
+    tuned_by = "pooled" if method.startswith("pooled") else subject
     folder = root / "models" / tuned_by / hemisphere / roi / method
     return folder if seed is None else folder / seed_folder(seed)
 

@@ -74,9 +74,8 @@ def job_backbone(job: Job, run: RunDirectory, config: StudyConfig) -> torch.nn.M
     if job.method == "untuned":
         return build_backbone(config.backbone.name, config.backbone.weights,
                               seed=config.split_seed)
-    tuned_by = "pooled" if job.method.startswith("pooled") else job.subject
     return build_backbone(config.backbone.name, model_dir(
-        run.root, job.method, tuned_by, job.hemisphere, job.roi, job.seed) / BACKBONE)
+        run.root, job.method, job.subject, job.hemisphere, job.roi, job.seed) / BACKBONE)
 
 
 def _name(job: Job) -> str:

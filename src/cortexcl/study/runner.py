@@ -434,8 +434,7 @@ def _nod(job: Job, context: StudyContext) -> None:
 
 def _tuned_backbone(context: StudyContext, method: str, subject: str, hemisphere: str,
                     roi: str, seed: int | None) -> Path:
-    tuned_by = "pooled" if method.startswith("pooled") else subject
-    return model_dir(context.run.root, method, tuned_by, hemisphere, roi, seed) / BACKBONE
+    return model_dir(context.run.root, method, subject, hemisphere, roi, seed) / BACKBONE
 
 
 def _tuning_image_ids(context: StudyContext, job: Job) -> np.ndarray:
