@@ -200,6 +200,7 @@ class ImageStore:
                 raise InputError(f"{path}: image file not found") from None
         self._array: np.ndarray | None = None
         self._resident: torch.Tensor | None = None
+        self._views: dict[tuple[tuple[float, ...], tuple[float, ...]], ImageStore] = {}
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -208,10 +209,17 @@ class ImageStore:
         return f"ImageStore({len(self)} images, size={self.size}, cache_dir={self.cache_dir})"
 
     def normalized(self, mean: Sequence[float], std: Sequence[float]) -> ImageStore:
-        """The same images (decoded once, shared), normalised with another mean and std."""
-        store = copy.copy(self)
-        store.normalization = (tuple(mean), tuple(std))
-        return store
+        """The same images normalised with another mean and std: this store for its own
+        normalisation, else one view per normalisation, made once and reused (its decoded
+        array and its copy on the GPU are loaded once)."""
+        key = (tuple(mean), tuple(std))
+        if key == self.normalization:
+            return self
+        if key not in self._views:
+            view = copy.copy(self)
+            view.normalization, view._views = key, {}
+            self._views[key] = view
+        return self._views[key]
 
     @cached_property
     def key(self) -> str:
