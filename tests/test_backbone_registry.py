@@ -10,6 +10,7 @@ import pytest
 import timm
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from cortexcl.config import parse_config
 from cortexcl.data.images import ImageStore
@@ -175,4 +176,9 @@ def test_a_study_tunes_and_encodes_any_backbone(name, tmp_path_factory, monkeypa
     state = tuned.state_dict()
     frozen = [k for k, _ in tuned.named_parameters() if k.startswith("blocks.0.")]
     assert frozen and all(torch.equal(state[k], start[k]) for k in frozen)
+    # Only what tuning changed is on disk: no frozen parameter, every other tensor.
+    stored = load_file(root / "models/subj01/lh/V1v/cl/seed-0/backbone.safetensors")
+    assert set(stored) == set(state) - set(frozen)
+    tensor_bytes = sum(t.numel() * t.element_size() for t in stored.values())
+    assert tensor_bytes < meta["bytes"]["backbone.safetensors"] < tensor_bytes + 50_000
     assert RunDirectory(root).result_summaries()

@@ -6,18 +6,22 @@ import json
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torchvision.models import AlexNet
 
 from cortexcl.errors import InputError
-from cortexcl.models.backbones import load_alexnet
+from cortexcl.models.backbones import PARTIAL_KEYS, load_alexnet
 from cortexcl.models.contrastive import ContrastiveModel
+from cortexcl.models.freezing import freeze_layers
 from cortexcl.tuning.checkpoints import (
     BACKBONE,
+    HALF_COPY,
     HEADS,
     META,
     load_backbone,
     load_heads,
+    model_bytes,
     read_meta,
     save_tuned,
 )
@@ -48,8 +52,10 @@ def assert_same_weights(state: dict[str, torch.Tensor], model: torch.nn.Module) 
 def test_save_writes_backbone_heads_and_meta(tuned):
     model, folder = tuned
     assert sorted(p.name for p in folder.iterdir()) == sorted([BACKBONE, HEADS, META])
-    assert json.loads((folder / META).read_text()) == META_DATA
-    assert read_meta(folder) == META_DATA
+    meta = read_meta(folder)
+    assert meta == json.loads((folder / META).read_text())
+    assert meta == {**META_DATA, "bytes": {BACKBONE: (folder / BACKBONE).stat().st_size,
+                                           HEADS: (folder / HEADS).stat().st_size}}
     heads = load_heads(folder)
     assert set(heads) == {name for name in model.state_dict() if not name.startswith("backbone.")}
     assert {"w_x.weight", "w_y.weight"} <= set(heads)
@@ -109,3 +115,76 @@ def test_unreadable_meta_is_an_input_error(tmp_path):
     (tmp_path / META).write_text("{not json")
     with pytest.raises(InputError, match="cannot read tuned-model metadata"):
         read_meta(tmp_path)
+
+
+def _tuned_alexnet(frozen: list[str]) -> ContrastiveModel:
+    """A CL model on a random-init AlexNet (seed 1) with frozen layers and changed weights."""
+    model = seeded(lambda: ContrastiveModel(load_alexnet("none", seed=1), 10), seed=2)
+    freeze_layers(model.backbone, frozen)
+    with torch.no_grad():
+        for parameter in model.backbone.parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.01)
+    return model
+
+
+def test_frozen_layers_are_not_stored_and_come_back_from_the_base(tmp_path):
+    model = _tuned_alexnet(["features", "classifier.1"])
+    full, lean = tmp_path / "full", tmp_path / "lean"
+    save_tuned(full, model, META_DATA)
+    save_tuned(lean, model, META_DATA, base=("alexnet", "none", 1))
+    stored = load_file(lean / BACKBONE)
+    assert set(stored) == {"classifier.4.weight", "classifier.4.bias", "classifier.6.weight",
+                           "classifier.6.bias"}
+    full_bytes, lean_bytes = (read_meta(f)["bytes"][BACKBONE] for f in (full, lean))
+    assert lean_bytes < full_bytes - 4 * sum(  # the frozen parameters' bytes are gone
+        p.numel() for p in model.backbone.parameters() if not p.requires_grad)
+    loaded = load_backbone(lean)
+    assert type(loaded) is AlexNet
+    assert_same_weights(loaded.state_dict(), model.backbone)
+    assert_same_weights(load_alexnet(lean / BACKBONE).state_dict(), model.backbone)
+
+
+def test_a_model_with_nothing_frozen_is_stored_whole_without_a_base(tmp_path):
+    model = _tuned_alexnet([])
+    save_tuned(tmp_path, model, META_DATA, base=("alexnet", "none", 1))
+    with safe_open(tmp_path / BACKBONE, "pt") as reader:
+        assert not (reader.metadata() or {}).get(PARTIAL_KEYS[0])
+    assert_same_weights(load_file(tmp_path / BACKBONE), model.backbone)
+
+
+def test_the_base_seed_decides_the_frozen_weights(tmp_path):
+    model = _tuned_alexnet(["features"])
+    save_tuned(tmp_path, model, META_DATA, base=("alexnet", "none", 7))
+    loaded = load_backbone(tmp_path)  # the header names seed 7: features of seed 7, not 1
+    torch.testing.assert_close(loaded.features[0].weight,
+                               load_alexnet("none", seed=7).features[0].weight, rtol=0, atol=0)
+
+
+def test_a_changed_or_missing_base_file_is_refused(tmp_path):
+    base = tmp_path / "start.safetensors"
+    save_file(load_alexnet("none", seed=1).state_dict(), base)
+    model = _tuned_alexnet(["features"])
+    save_tuned(tmp_path / "model", model, META_DATA, base=("alexnet", base, 1))
+    assert_same_weights(load_backbone(tmp_path / "model").state_dict(), model.backbone)
+    save_file(load_alexnet("none", seed=2).state_dict(), base)
+    with pytest.raises(InputError, match="base weights .* missing or were modified") as error:
+        load_backbone(tmp_path / "model")
+    assert str(error.value).startswith(str(tmp_path / "model" / BACKBONE))
+    base.unlink()
+    with pytest.raises(InputError, match="missing or were modified"):
+        load_backbone(tmp_path / "model")
+
+
+def test_half_copy_is_a_complete_half_precision_network(tmp_path):
+    model = _tuned_alexnet(["features"])
+    save_tuned(tmp_path, model, META_DATA, base=("alexnet", "none", 1), half_copy=True)
+    half = load_file(tmp_path / HALF_COPY)
+    assert half.keys() == model.backbone.state_dict().keys()
+    assert {t.dtype for t in half.values()} == {torch.float16}
+    assert read_meta(tmp_path)["bytes"][HALF_COPY] == (tmp_path / HALF_COPY).stat().st_size
+    loaded = load_backbone(tmp_path / HALF_COPY)
+    for name, tensor in model.backbone.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], tensor.half().float(),
+                                   rtol=0, atol=0)
+    assert model_bytes(tmp_path) == sum(f.stat().st_size for f in tmp_path.iterdir())

@@ -245,6 +245,7 @@ def _format(value: object) -> str:
 def _finish_study(out: Path, report) -> None:
     from cortexcl.evaluation.single_subject import comparison_table
     from cortexcl.rundir import read_table
+    from cortexcl.tuning.checkpoints import META, model_bytes
 
     tables = out / "tables" / "encoding.csv"
     if tables.is_file():
@@ -265,6 +266,10 @@ def _finish_study(out: Path, report) -> None:
         _warn(table)
     stdout.print(f"jobs: {len(report.done)} done, {len(report.skipped)} already done, "
                  f"{len(report.failed)} failed, {len(report.blocked)} blocked")
+    sizes = [model_bytes(meta.parent) for meta in (out / "models").rglob(META)]
+    if sizes:
+        stdout.print(f"tuned models: {len(sizes)} in {out / 'models'}, {sum(sizes) / 1e6:,.1f} MB "
+                     f"({sum(sizes) / len(sizes) / 1e6:,.1f} MB each)")
     report_file = out / "report.html"
     if report_file.is_file():
         stdout.print(f"report: {report_file}")

@@ -130,6 +130,8 @@ class TuningConfig(_Strict):
     cl: ContrastiveConfig = ContrastiveConfig()
     rt: RegressionConfig = RegressionConfig()
     pooled: PooledConfig = PooledConfig()
+    half_copy: bool = Field(False, description="also keep each tuned backbone complete in half "
+                                               "precision (backbone-float16.safetensors)")
 
 
 class EncodingConfig(_Strict):

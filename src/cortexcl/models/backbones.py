@@ -5,6 +5,7 @@ candidate layers, input normalisation, and devices."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib
 import json
 from collections.abc import Sequence
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 from torchvision.models import AlexNet_Weights, alexnet
@@ -34,6 +36,10 @@ CANDIDATE_LAYERS: tuple[str, ...] = (
 IMAGENET = "imagenet"
 RANDOM_INIT = "none"
 _STATE_SUFFIXES = (".safetensors", ".pt", ".pth")
+#: Header metadata of a ``.safetensors`` file that holds only the tensors tuning changed: the
+#: backbone and the weights (and seed) the missing tensors come from.
+PARTIAL_KEYS = ("cortexcl.backbone", "cortexcl.base_weights", "cortexcl.base_seed",
+                "cortexcl.base_sha256")
 
 
 def imagenet_checkpoint() -> Path:
@@ -235,7 +241,8 @@ def build_backbone(name: str = "alexnet", weights: str | Path = IMAGENET,
         model`` packages (offline); timm's or torchvision's pretrained weights from their
         caches (downloaded when missing). ``"none"``: a random initialisation drawn with
         ``seed``. A path: a state dict of this architecture in a ``.safetensors``, ``.pt`` or
-        ``.pth`` file.
+        ``.pth`` file; a ``.safetensors`` file of a tuned model may hold only the tensors tuning
+        changed, and names in its header (`PARTIAL_KEYS`) the weights the others come from.
     seed : int
         Seed of the random initialisation (``"none"`` only); torch's global random state is
         left unchanged.
@@ -245,7 +252,8 @@ def build_backbone(name: str = "alexnet", weights: str | Path = IMAGENET,
     InputError
         Unknown name; ImageNet weights neither found nor downloadable (the message names the
         remedies; there is never a silent fall back to random weights); a missing, unreadable
-        or mismatched weights file.
+        or mismatched weights file; a tuned file of another backbone, or whose base weights
+        file is gone or changed.
     """
     name = _canonical(name)
     spec = get_backbone(name)
@@ -264,6 +272,9 @@ def build_backbone(name: str = "alexnet", weights: str | Path = IMAGENET,
     else:
         source = Path(weights).expanduser()
         state = _file_state(source)
+        base = _partial_base(source, name)
+        if base is not None:  # only the tensors tuning changed: the rest come from the base
+            state = {**build_backbone(name, *base).state_dict(), **state}
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
@@ -272,6 +283,32 @@ def build_backbone(name: str = "alexnet", weights: str | Path = IMAGENET,
         article = "an" if label[0].lower() in "aeiou" else "a"
         raise InputError(f"{source}: not {article} {label} state dict ({detail})") from None
     return model.eval()
+
+
+def _partial_base(path: Path, name: str) -> tuple[str, int] | None:
+    """The base weights and seed of a file that holds only the tensors tuning changed (None for
+    a complete state dict); refuses another backbone's file and a base file that changed."""
+    if path.suffix != ".safetensors":
+        return None
+    with safe_open(path, "pt") as reader:
+        header = reader.metadata() or {}
+    if PARTIAL_KEYS[0] not in header:
+        return None
+    backbone, weights, seed, digest = (header.get(key, "") for key in PARTIAL_KEYS)
+    if _canonical(backbone) != name:
+        raise InputError(f"{path}: tuned from {backbone}, not {name}")
+    if digest and file_sha256(Path(weights)) != digest:
+        raise InputError(f"{path}: holds only the tensors tuning changed, and its base weights "
+                         f"{weights} are missing or were modified since")
+    return weights, int(seed or 0)
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file ("" when it does not exist)."""
+    if not path.is_file():
+        return ""
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def load_alexnet(weights: str | Path = IMAGENET, seed: int = 0) -> nn.Module:
@@ -380,7 +417,7 @@ def initial_weights(weights: str | Path, seed: int = 0) -> str:
     For a tuned checkpoint (a file with a ``meta.json`` beside it), the weights it was tuned
     from, e.g. ``"none (random init, seed 0), tuned"``; otherwise `describe_weights`.
     """
-    meta = Path(weights).with_name("meta.json") if not _is_keyword(weights) else None
+    meta = Path(weights).with_name("meta.json") if not is_weights_keyword(weights) else None
     if meta is not None and meta.is_file():
         try:
             start = json.loads(meta.read_text()).get("weights")
@@ -396,7 +433,8 @@ def is_random_init(label: object) -> bool:
     return str(label).strip().lower().startswith(RANDOM_INIT)
 
 
-def _is_keyword(weights: str | Path) -> bool:
+def is_weights_keyword(weights: str | Path) -> bool:
+    """Whether ``weights`` is ``"imagenet"`` or ``"none"`` rather than a path."""
     return isinstance(weights, str) and weights.lower() in (IMAGENET, RANDOM_INIT)
 
 

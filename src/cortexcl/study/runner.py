@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from cortexcl.atomic import atomic_write_csv, atomic_write_json
 from cortexcl.config import NODTransferConfig, StudyConfig
@@ -51,7 +50,7 @@ from cortexcl.study.probe_jobs import (
     run_saliency,
     write_probe_tables,
 )
-from cortexcl.tuning.checkpoints import BACKBONE, load_heads, save_tuned
+from cortexcl.tuning.checkpoints import BACKBONE, load_backbone, load_heads, save_tuned
 from cortexcl.tuning.trainer import CHECKPOINT, TrainingSet, TrainSettings, train
 
 SIMULATION_VERSION = "v2"  # bump when the simulated data of a configuration changes
@@ -378,7 +377,9 @@ def _tune(job: Job, context: StudyContext) -> None:
         "final_train_loss": float(last["train_loss"]), "final_val_loss": float(last["val_loss"]),
         "images_per_s": float(log["images_per_s"].mean()),
     }
-    save_tuned(out, model.cpu(), meta)
+    save_tuned(out, model.cpu(), meta, half_copy=context.config.tuning.half_copy,
+               base=(context.config.backbone.name, context.config.backbone.weights,
+                     context.config.split_seed))
     (out / CHECKPOINT).unlink(missing_ok=True)
 
 
@@ -497,7 +498,7 @@ def _mutual_info(job: Job, context: StudyContext, model_dir: Path,
     model, data, settings, _ = _tuning_setup(
         Job(kind, job.method, tuned_by, job.hemisphere, job.roi, job.seed), context)
     state = {f"backbone.{name}": tensor for name, tensor in
-             load_file(model_dir / BACKBONE).items()}
+             load_backbone(model_dir).state_dict().items()}
     model.load_state_dict({**state, **load_heads(model_dir)})
     model.to(resolve_device(context.device))
     target = next(d for d in data if d.name == job.subject)
