@@ -16,7 +16,7 @@ from cortexcl.config import parse_config
 from cortexcl.data.images import ImageStore
 from cortexcl.encoding.features import extract_features
 from cortexcl.errors import InputError
-from cortexcl.models.backbones import build_backbone, get_backbone, layer_names
+from cortexcl.models.backbones import build_backbone, forward_to, get_backbone, layer_names
 from cortexcl.models.contrastive import ContrastiveModel
 from cortexcl.rundir import RunDirectory
 from cortexcl.study.runner import run_study
@@ -147,8 +147,15 @@ def test_config_names_a_backbone_and_refuses_the_old_keys():
         parse_config({"backbone": {"name": "vgg"}})
     with pytest.raises(InputError, match="weights: moved to backbone.weights"):
         parse_config({"weights": "none"})
-    with pytest.raises(InputError, match="classification .* alexnet backbone only"):
-        parse_config({"backbone": {"name": LITE0}, "evaluation": {"classification": {}}})
+    probes = {"classification": {}, "landscape": {}, "saliency": {}}
+    assert parse_config({"backbone": {"name": LITE0}, "evaluation": probes})
+    with pytest.raises(InputError, match="classification.layer.*'blocks.9'"):
+        parse_config({"backbone": {"name": LITE0},
+                      "evaluation": {"classification": {"layer": "blocks.9"}}})
+    with pytest.raises(InputError, match="gradcam needs a convolutional stage.*use saliency"):
+        parse_config({"backbone": {"name": VIT, "weights": "none"}, "evaluation": probes})
+    assert parse_config({"backbone": {"name": VIT, "weights": "none"}, "evaluation": {
+        **probes, "saliency": {"attribution": "saliency"}}})
 
 
 @pytest.mark.parametrize("name", [LITE0, VIT])
@@ -159,7 +166,7 @@ def test_a_study_tunes_and_encodes_any_backbone(name, tmp_path_factory, monkeypa
     config = study(backbone={"name": name, "weights": "none" if name == VIT else "imagenet"},
                    encoding={"n_components": 16, "layers": layers},
                    tuning__cl={"epochs": 1, "batch_size": 16, "frozen": ["blocks.0"]},
-                   tuning__rt={"epochs": 1, "batch_size": 16})
+                   tuning__rt={"epochs": 1, "batch_size": 16, "image_features": "penultimate"})
     root = tmp_path_factory.mktemp("study") / "run"
     _, report = run_study(config, root, progress=False, announce=lambda _: None)
     assert report.ok, report.failed
@@ -182,3 +189,73 @@ def test_a_study_tunes_and_encodes_any_backbone(name, tmp_path_factory, monkeypa
     tensor_bytes = sum(t.numel() * t.element_size() for t in stored.values())
     assert tensor_bytes < meta["bytes"]["backbone.safetensors"] < tensor_bytes + 50_000
     assert RunDirectory(root).result_summaries()
+    # RT read the pooled penultimate features (1280 / 192 wide), CL the 1000 logits.
+    readout = load_file(root / "models/subj01/lh/V1v/rt/seed-0/heads.safetensors")
+    assert readout["readout.weight"].shape[1] == (1280 if name == LITE0 else 192)
+    assert load_file(root / "models/subj01/lh/V1v/cl/seed-0/heads.safetensors")[
+        "w_x.weight"].shape[1] == 1000
+
+
+@pytest.mark.parametrize("method", ["cl", "rt", "pooled"])
+def test_image_branch_can_read_the_penultimate_features(method, lite0):
+    """The option's image features are timm's pre-logits (Lite0) / AlexNet's fc7 after ReLU."""
+    from cortexcl.config import ContrastiveConfig, PooledConfig, RegressionConfig
+    from cortexcl.models import TUNING_METHODS
+
+    settings = {"cl": ContrastiveConfig, "rt": RegressionConfig, "pooled": PooledConfig}[method]()
+    counts = {"subj01": 30} if method != "pooled" else {"subj01": 30, "subj02": 20}
+    images = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    for network, layer, width in ((lite0, "global_pool", 1280),
+                                  (build_backbone("alexnet", "none"), "classifier.5", 4096)):
+        model = TUNING_METHODS[method].build(network, counts, settings, image_layer=layer)
+        model.eval()
+        first = model.w_x if method != "rt" else model.readout
+        assert first.in_features == width
+        with torch.no_grad():
+            if layer == "global_pool":
+                expected = network.forward_head(network.forward_features(images),
+                                                pre_logits=True)
+            else:
+                expected = network.classifier[:6](torch.flatten(
+                    network.avgpool(network.features(images)), 1))
+            got = first(forward_to(network, images, layer))
+            torch.testing.assert_close(got, first(expected), rtol=1e-5, atol=1e-5)
+            assert forward_to(network, images).shape == (3, 1000)
+        assert not network._forward_hooks and all(  # no hook is left behind
+            not module._forward_hooks for module in network.modules())
+
+
+def test_probes_landscape_and_gradcam_saliency_on_efficientnet(tmp_path_factory, monkeypatch):
+    """The probes read Lite0's pooled penultimate features, normalised as Lite0 wants; GradCAM
+    explains its last convolutional stage (blocks.6)."""
+    cache = fill_cache(tmp_path_factory.mktemp("cache-probes"))
+    monkeypatch.setenv("CORTEXCL_CACHE", str(cache))
+    config = study(backbone={"name": LITE0, "weights": "imagenet"}, methods=["untuned", "cl"],
+                   selection={"hemispheres": ["lh"], "rois": ["V1v"], "min_vertices": 30},
+                   encoding={"n_components": 16, "layers": ["blocks.3", "global_pool"]},
+                   tuning__cl={"epochs": 1, "batch_size": 16, "frozen": ["blocks.0"]},
+                   evaluation={"classification": {"n_images": 60, "image_size": 64,
+                                                  "batch_size": 32, "methods": ["untuned", "cl"]},
+                               "landscape": {},
+                               "saliency": {"n_images": 4, "batch_size": 4,
+                                            "methods": ["untuned", "cl"], "rois": ["V1v"]}})
+    root = tmp_path_factory.mktemp("probe-study") / "run"
+    _, report = run_study(config, root, progress=False, announce=lambda _: None)
+    assert report.ok, report.failed
+    probes = pd.read_csv(root / "tables" / "classification.csv")
+    assert sorted(probes["name"]) == ["cl__subj01__lh__V1v__seed-0", "untuned"]
+    assert (probes["layer"] == "global_pool").all() and probes["top1"].between(0, 1).all()
+    assert np.load(next((root / "classification").glob("*/untuned/coef.npy"))).shape[1] == 1280
+    distances = pd.read_csv(root / "tables" / "landscape_distances.csv", index_col="model")
+    assert list(distances.index) == ["cl__subj01__lh__V1v__seed-0", "untuned", "oracle"]
+    saliency = pd.read_csv(root / "tables" / "saliency.csv")
+    assert sorted(saliency["model"]) == ["cl__subj01__lh__V1v__seed-0", "untuned"]
+    maps = np.load(root / "saliency" / "untuned" / "example_maps.npy")
+    assert maps.shape == (4, 64, 64) and maps.min() >= 0 and maps.std() > 0
+    # Example images are undone with Lite0's normalisation (0.5, 0.5): plain uint8 pixels.
+    from cortexcl.study.probe_jobs import probe_dataset
+    dataset = probe_dataset(config.evaluation.classification, 0, False, get_backbone(LITE0))
+    first = np.load(root / "classification" / "simulated" / "untuned" / "test_indices.npy")[0]
+    pixels = (dataset.data[int(first)][0].permute(1, 2, 0).numpy() * 0.5 + 0.5) * 255
+    np.testing.assert_allclose(np.load(root / "saliency" / "untuned" / "example_images.npy")[0],
+                               pixels, atol=1.0)

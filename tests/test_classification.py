@@ -209,8 +209,9 @@ def test_bad_arguments_are_input_errors(backbone, tmp_path):
     with pytest.raises(InputError, match="unknown name"):
         cl.open_dataset("mnist", tmp_path)
     dataset = cl.fake_dataset(n_images=10)
-    with pytest.raises(InputError, match="not a candidate layer"):
-        cl.extract_probe_features(backbone, dataset, layer="features.0", cache_dir=tmp_path)
+    with pytest.raises(InputError, match="unknown module name.*features.99"):
+        cl.extract_probe_features(backbone, dataset, layer="features.99", cache_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
     with pytest.raises(InputError, match="folder name"):
         cl.probe_backbones({"a/b": backbone}, dataset, tmp_path, progress=False)
     with pytest.raises(InputError, match="unknown kind"):

@@ -97,6 +97,9 @@ class OptimizerConfig(_Strict):
     lr: float = Field(1e-4, gt=0)
     frozen: list[str] = Field(default_factory=list, description="backbone modules kept fixed "
                                                                "(names or prefixes)")
+    image_features: Literal["logits", "penultimate"] = Field(
+        "logits", description="what the image branch reads: the backbone's output logits "
+                              "(published) or its pooled penultimate features")
 
 
 class ContrastiveConfig(OptimizerConfig):
@@ -202,22 +205,14 @@ class ClassificationConfig(_Strict):
         "simulated", description="simulated: procedural scenes labelled by background type")
     root: Path | None = Field(None, description="data set folder (not for fake / simulated)")
     n_images: int = Field(600, ge=20, description="images of the simulated data set")
-    layer: str = "classifier.5"
+    layer: str | None = Field(None, description="layer the probes read; default the "
+                                                "backbone's penultimate (AlexNet: classifier.5)")
     probe: Literal["sklearn", "torch"] = "sklearn"
     image_size: int = Field(224, ge=64, description="centre crop (after resizing to 256/224 ×)")
     batch_size: int = Field(128, ge=1)
     methods: list[Method] = Field(
         default_factory=lambda: ["untuned", "cl", "rt", "pooled-avg", "pooled-const"],
         min_length=1, description="backbones probed (those the study tunes)")
-
-    @field_validator("layer")
-    @classmethod
-    def _known_layer(cls, layer: str) -> str:
-        from cortexcl.models.backbones import CANDIDATE_LAYERS
-
-        if layer not in CANDIDATE_LAYERS:
-            raise ValueError(f"unknown layer {layer!r} (valid: {', '.join(CANDIDATE_LAYERS)})")
-        return layer
 
 
 class LandscapeConfig(_Strict):
@@ -377,9 +372,20 @@ class StudyConfig(_Strict):
                 check_layers(self.backbone.name, self.encoding.layers)
             except InputError as error:
                 raise ValueError(f"encoding.{error}") from None
-        if evaluation.classification and self.backbone.name != "alexnet":
-            raise ValueError(f"evaluation.classification (and landscape, saliency): available "
-                             f"for the alexnet backbone only, not yet for {self.backbone.name}")
+        if evaluation.classification and evaluation.classification.layer:
+            from cortexcl.models.backbones import check_layers
+
+            try:
+                check_layers(self.backbone.name, [evaluation.classification.layer])
+            except InputError as error:
+                raise ValueError(f"evaluation.classification.{error}") from None
+        if evaluation.saliency and evaluation.saliency.attribution == "gradcam":
+            from cortexcl.models.backbones import get_backbone
+
+            if get_backbone(self.backbone.name).gradcam is None:
+                raise ValueError(f"evaluation.saliency.attribution: gradcam needs a "
+                                 f"convolutional stage, which {self.backbone.name} has not; use "
+                                 f"saliency or integrated_gradients")
         if (evaluation.landscape or evaluation.saliency) and not evaluation.classification:
             raise ValueError("evaluation.landscape and evaluation.saliency need "
                              "evaluation.classification (they use the probes)")

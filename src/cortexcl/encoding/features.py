@@ -13,6 +13,7 @@ from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from cortexcl.errors import InputError
@@ -132,12 +133,7 @@ def extract_features(
         If a layer name is not a module of ``model`` or the batch size is not positive.
     """
     layers = tuple(layers)
-    modules = dict(model.named_modules())
-    unknown = [layer for layer in layers if not _known_layer(layer, modules)]
-    if unknown or not layers:
-        raise InputError(f"layers: unknown module name(s) {unknown or '(none given)'}; "
-                         f"`cortexcl layers BACKBONE` lists them (AlexNet's candidates are "
-                         f"{', '.join(CANDIDATE_LAYERS)})")
+    check_model_layers(model, layers)
     if batch_size < 1:
         raise InputError(f"batch_size must be positive, got {batch_size}")
     device = resolve_device(device)
@@ -185,6 +181,23 @@ def extract_features(
     finally:
         bar.close()
     return arrays
+
+
+def check_model_layers(model: nn.Module, layers: Sequence[str]) -> None:
+    """Refuse an empty list, or names that are not modules of ``model`` (``<block>:cls`` /
+    ``<block>:mean`` for transformer blocks).
+
+    Raises
+    ------
+    InputError
+        Naming the unknown layers and the command that lists the valid ones.
+    """
+    modules = dict(model.named_modules())
+    unknown = [layer for layer in layers if not _known_layer(layer, modules)]
+    if unknown or not layers:
+        raise InputError(f"layers: unknown module name(s) {unknown or '(none given)'}; "
+                         f"`cortexcl layers BACKBONE` lists them (AlexNet's candidates are "
+                         f"{', '.join(CANDIDATE_LAYERS)})")
 
 
 def _known_layer(layer: str, modules: dict[str, torch.nn.Module]) -> bool:

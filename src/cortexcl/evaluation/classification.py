@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -43,14 +43,18 @@ from cortexcl.atomic import (
     atomic_write_csv,
     atomic_write_json,
 )
-from cortexcl.data.images import default_cache_dir, load_rgb8, to_rgb8
-from cortexcl.encoding.features import extract_features, feature_path
+from cortexcl.data.images import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    default_cache_dir,
+    load_rgb8,
+    to_rgb8,
+)
+from cortexcl.encoding.features import check_model_layers, extract_features, feature_path
 from cortexcl.errors import InputError
-from cortexcl.models.backbones import CANDIDATE_LAYERS, resolve_device
+from cortexcl.models.backbones import resolve_device
 from cortexcl.rundir import read_table
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 DATASETS = ("imagenet", "caltech256", "places365", "imagefolder", "fake", "simulated")
 _SIMULATED_STREAM = 7919  # the simulated probe scenes' own random stream
 DEFAULT_LAYER = "classifier.5"
@@ -79,7 +83,9 @@ class ToRGB:
         return "ToRGB()"
 
 
-def probe_transform(crop: int = 224, resize: int | None = None) -> transforms.Compose:
+def probe_transform(crop: int = 224, resize: int | None = None,
+                    mean: Sequence[float] = IMAGENET_MEAN,
+                    std: Sequence[float] = IMAGENET_STD) -> transforms.Compose:
     """The probe transform (method §1.4): RGB → resize shorter side → centre crop → normalise.
 
     Parameters
@@ -89,6 +95,9 @@ def probe_transform(crop: int = 224, resize: int | None = None) -> transforms.Co
     resize : int, optional
         Length of the shorter side after resizing; default ``crop · 256 / 224`` rounded down
         (256 for 224).
+    mean, std : sequence of float
+        Per-channel normalisation of the backbone (`cortexcl.models.backbones.Backbone`);
+        default ImageNet's, AlexNet's.
     """
     resize = crop * 256 // 224 if resize is None else resize
     if crop < 1 or resize < crop:
@@ -99,7 +108,7 @@ def probe_transform(crop: int = 224, resize: int | None = None) -> transforms.Co
         transforms.Resize(resize),
         transforms.CenterCrop(crop),
         transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        transforms.Normalize(tuple(mean), tuple(std)),
     ])
 
 
@@ -362,10 +371,12 @@ def extract_probe_features(
     Parameters
     ----------
     backbone : torch.nn.Module
-        An AlexNet (or any module with a module named ``layer``).
+        Any backbone with a module named ``layer``.
     dataset : ProbeDataset
     layer : str
-        One of `CANDIDATE_LAYERS`; activations are flattened.
+        A module name (``<block>:cls`` / ``<block>:mean`` for transformers); activations are
+        flattened. Default AlexNet's fc7 after ReLU; the "fc7" of another backbone is its
+        `cortexcl.models.backbones.Backbone.penultimate`.
     batch_size, num_workers : int
         DataLoader settings.
     device : str or torch.device, optional
@@ -384,9 +395,7 @@ def extract_probe_features(
     labels : numpy.ndarray
         ``(N,)`` int64.
     """
-    if layer not in CANDIDATE_LAYERS:
-        raise InputError(f"layer: {layer!r} is not a candidate layer "
-                         f"({', '.join(CANDIDATE_LAYERS)})")
+    check_model_layers(backbone, [layer])
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "probe-features"
     key = feature_cache_key(backbone_id or state_fingerprint(backbone), dataset, layer,
                             resolve_device(device).type)

@@ -1,11 +1,13 @@
 """Salience maps of a backbone's probe and a flip-controlled lateralisation index (method §7.2).
 
-The network explained is the backbone up to fc7 (``classifier.5``) followed by its linear probe,
-with the probe's standard scaler folded into the head (`probe_head`, `ProbeNetwork`). Maps come
-from captum:
+The network explained is the backbone up to its probed layer (AlexNet: fc7, ``classifier.5``)
+followed by its linear probe, with the probe's standard scaler folded into the head
+(`probe_head`, `ProbeNetwork`). Maps come from captum:
 
-* ``"gradcam"``: GradCAM at ``features.12`` (the last max-pool), CAM = ReLU(Σ_k w_k A_k) with
-  w_k the spatial mean of ∂logit/∂A_k, upsampled bilinearly to the input size;
+* ``"gradcam"``: GradCAM at the backbone's last convolutional stage (AlexNet: ``features.12``,
+  the last max-pool; `cortexcl.models.backbones.Backbone.gradcam`), CAM = ReLU(Σ_k w_k A_k)
+  with w_k the spatial mean of ∂logit/∂A_k, upsampled bilinearly to the input size (not for
+  vision transformers, which have no convolutional stage);
 * ``"saliency"``: Σ_c |∂logit/∂x_c|, the absolute input gradient summed over colour channels;
 * ``"integrated_gradients"``: ReLU(Σ_c IG_c) with a zero (mean-image) baseline.
 
@@ -39,12 +41,12 @@ from tqdm.auto import tqdm
 from cortexcl.atomic import atomic_write_text
 from cortexcl.encoding.features import Float16Writer, check_float16_range
 from cortexcl.errors import InputError
-from cortexcl.models.backbones import resolve_device
+from cortexcl.models.backbones import forward_to, resolve_device
 
 METHODS = ("gradcam", "saliency", "integrated_gradients")
 AXES = ("horizontal", "vertical")
 GRADCAM_LAYER = "features.12"
-FC7_END = 6  # classifier[:6] ends with classifier.5, the ReLU after fc7
+PROBED_LAYER = "classifier.5"  # AlexNet's fc7 after ReLU
 _FLIP_DIMS = {"horizontal": (3,), "vertical": (2,)}
 
 
@@ -94,32 +96,35 @@ def probe_head(coef: np.ndarray, intercept: np.ndarray, mean: np.ndarray,
 
 
 class ProbeNetwork(nn.Module):
-    """An AlexNet backbone up to fc7 + ReLU (``classifier.5``) followed by a probe head.
+    """A backbone up to its probed layer (AlexNet: fc7 + ReLU, ``classifier.5``) followed by a
+    probe head.
 
-    The backbone's ``features``, ``avgpool`` and ``classifier[:6]`` are copied (the backbone
-    passed in is left untouched), so module names such as ``features.12`` are those of AlexNet.
-    The network is in eval mode (dropout off).
+    The backbone is copied (the one passed in is left untouched) and runs in eval mode (dropout
+    off); the head reads the flattened output of ``layer`` (`forward_to`). Attribution layers
+    are named as in the backbone (``features.12``).
 
     Parameters
     ----------
     backbone : torch.nn.Module
-        A torchvision AlexNet (or a module with ``features``, ``avgpool`` and ``classifier``).
+        A torchvision AlexNet, or any backbone with a module ``layer``.
     head : torch.nn.Module
-        Maps the 4096 fc7 features to class logits, e.g. `probe_head`.
+        Maps the ``layer`` features (4096 for AlexNet's fc7) to class logits, e.g. `probe_head`.
+    layer : str
+        The probed layer: `cortexcl.models.backbones.Backbone.penultimate` of the backbone.
     """
 
-    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+    def __init__(self, backbone: nn.Module, head: nn.Module, layer: str = PROBED_LAYER) -> None:
         super().__init__()
-        self.features = copy.deepcopy(backbone.features)
-        self.avgpool = copy.deepcopy(backbone.avgpool)
-        self.classifier = copy.deepcopy(backbone.classifier[:FC7_END])
+        if layer not in dict(backbone.named_modules()):
+            raise InputError(f"layer: {layer!r} is not a module of {type(backbone).__name__}")
+        self.backbone = copy.deepcopy(backbone)
         self.head = copy.deepcopy(head)
+        self.layer = layer
         self.eval()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Class logits ``(B, C)`` of normalised images ``(B, 3, H, W)``."""
-        fc7 = self.classifier(torch.flatten(self.avgpool(self.features(images)), 1))
-        return self.head(fc7)
+        return self.head(forward_to(self.backbone, images, self.layer))
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
@@ -128,7 +133,10 @@ def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
 
 
 def _layer(network: nn.Module, name: str) -> nn.Module:
+    """The module ``name`` of the network, or of its backbone (a `ProbeNetwork`)."""
     modules = dict(network.named_modules())
+    if name not in modules and isinstance(getattr(network, "backbone", None), nn.Module):
+        modules = dict(network.backbone.named_modules())
     if not name or name not in modules:
         raise InputError(f"layer: {name!r} is not a module of the network")
     return modules[name]

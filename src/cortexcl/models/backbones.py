@@ -182,6 +182,51 @@ def _describe(name: str) -> Backbone:
                     children[-2] if len(children) > 1 else children[-1], None, n_outputs)
 
 
+def forward_to(backbone: nn.Module, images: torch.Tensor, layer: str | None = None) -> torch.Tensor:
+    """The backbone's output, or the flattened output of its module ``layer``.
+
+    Parameters
+    ----------
+    backbone : torch.nn.Module
+    images : torch.Tensor
+        Normalised images ``(B, 3, H, W)``.
+    layer : str, optional
+        A module name, e.g. the penultimate layer of `Backbone` (``classifier.5`` of AlexNet,
+        ``global_pool`` of EfficientNet); None: the network's output (the logits).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, D)``; gradients flow through it as through the output.
+    """
+    if layer is None:
+        return backbone(images)
+    captured: list[torch.Tensor] = []
+    handle = dict(backbone.named_modules())[layer].register_forward_hook(
+        lambda _module, _inputs, output: captured.append(output))
+    try:
+        backbone(images)
+    finally:
+        handle.remove()
+    return torch.flatten(captured[0], 1)
+
+
+def feature_width(backbone: nn.Module, layer: str | None = None, input_size: int = 224) -> int:
+    """Width D of `forward_to` ``(backbone, images, layer)``: the output size when ``layer`` is
+    None, else one forward pass of a blank image of ``input_size`` pixels in eval mode."""
+    if layer is None:
+        return output_size(backbone)
+    if layer not in dict(backbone.named_modules()):
+        raise InputError(f"layer {layer!r}: not a module of {type(backbone).__name__}")
+    training = backbone.training
+    try:
+        with torch.no_grad():
+            return int(forward_to(backbone.eval(), torch.zeros(1, 3, input_size, input_size),
+                                  layer).shape[1])
+    finally:
+        backbone.train(training)
+
+
 def output_size(model: nn.Module) -> int:
     """Size of a classification network's output: timm's ``num_classes``, else the output
     features of its last linear layer (torchvision classifiers)."""

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cortexcl.errors import InputError
-from cortexcl.models.backbones import output_size
+from cortexcl.models.backbones import feature_width, forward_to
 from cortexcl.models.freezing import freeze_layers
 from cortexcl.models.heads import ProjectionHead, head_dims
 
@@ -177,7 +177,11 @@ class ContrastiveModel(nn.Module):
         ``Linear(n_outputs -> n)`` on the backbone output is added and the loss becomes
         ``InfoNCE + lambda * MSE``. 0 (the published method) adds nothing.
     n_outputs : int
-        Width of the backbone output.
+        Width of what the image branch reads (the backbone output, or ``image_layer``).
+    image_layer : str, optional
+        Module whose flattened output the image branch reads, e.g. the pooled penultimate
+        features (`cortexcl.models.backbones.Backbone.penultimate`); default the backbone's
+        output logits, as published.
 
     Attributes
     ----------
@@ -202,6 +206,7 @@ class ContrastiveModel(nn.Module):
         symmetric: bool = False,
         regression_weight: float = 0.0,
         n_outputs: int = 1000,
+        image_layer: str | None = None,
     ) -> None:
         super().__init__()
         default_h, default_z = head_dims(n_vertices)
@@ -215,6 +220,7 @@ class ContrastiveModel(nn.Module):
         self.symmetric = symmetric
         self.regression_weight = regression_weight
         self.backbone = backbone
+        self.image_layer = image_layer
         self.w_x = nn.Linear(n_outputs, self.h, bias=False)
         self.w_y = nn.Linear(n_vertices, self.h, bias=False)
         self.head = ProjectionHead(self.h, self.z)
@@ -222,7 +228,8 @@ class ContrastiveModel(nn.Module):
 
     @classmethod
     def from_settings(
-        cls, backbone: nn.Module, vertex_counts: Mapping[str, int], settings: Any
+        cls, backbone: nn.Module, vertex_counts: Mapping[str, int], settings: Any,
+        image_layer: str | None = None,
     ) -> ContrastiveModel:
         """Build the model from a settings object (the ``tuning.cl`` section of a study).
 
@@ -235,6 +242,8 @@ class ContrastiveModel(nn.Module):
         settings : object
             With attributes ``h_ratio``, ``z_ratio``, ``temperature``, ``symmetric``,
             ``frozen`` and ``regression_weight``.
+        image_layer : str, optional
+            What the image branch reads (see the class); default the output logits.
 
         Returns
         -------
@@ -246,7 +255,8 @@ class ContrastiveModel(nn.Module):
         return cls(
             backbone,
             n_vertices,
-            n_outputs=output_size(backbone),
+            n_outputs=feature_width(backbone, image_layer),
+            image_layer=image_layer,
             h=h,
             z=z,
             temperature=settings.temperature,
@@ -256,7 +266,7 @@ class ContrastiveModel(nn.Module):
 
     def embed_images(self, images: Tensor) -> Tensor:
         """Image embeddings ``z_x = g(W_x backbone(x))``, ``(B, z)``."""
-        return self.head(self.w_x(self.backbone(images)))
+        return self.head(self.w_x(forward_to(self.backbone, images, self.image_layer)))
 
     def embed_responses(self, responses: Tensor) -> Tensor:
         """Response embeddings ``z_y = g(W_y y)``, ``(B, z)``."""
@@ -283,7 +293,7 @@ class ContrastiveModel(nn.Module):
         # In training, BatchNorm batch statistics need 2 pairs: a last batch of 1 must be
         # dropped or merged by the caller.
         check_pairs(images, responses, self.n_vertices, min_pairs=2 if self.training else 1)
-        a = self.backbone(images)
+        a = forward_to(self.backbone, images, self.image_layer)
         z_x = self.head(self.w_x(a))
         z_y = self.embed_responses(responses)
         loss = info_nce(z_x, z_y, self.temperature, self.symmetric)

@@ -13,7 +13,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from cortexcl.errors import InputError
-from cortexcl.models.backbones import output_size
+from cortexcl.models.backbones import feature_width, forward_to
 from cortexcl.models.contrastive import check_pairs, check_temperature, info_nce
 from cortexcl.models.freezing import freeze_layers
 from cortexcl.models.heads import ProjectionHead
@@ -88,7 +88,11 @@ class PooledContrastiveModel(nn.Module):
     symmetric : bool
         Use the symmetric InfoNCE loss.
     n_outputs : int
-        Width of the backbone output.
+        Width of what the image branch reads (the backbone output, or ``image_layer``).
+    image_layer : str, optional
+        Module whose flattened output the image branch reads, e.g. the pooled penultimate
+        features (`cortexcl.models.backbones.Backbone.penultimate`); default the backbone's
+        output logits, as published.
 
     Attributes
     ----------
@@ -112,6 +116,7 @@ class PooledContrastiveModel(nn.Module):
         temperature: float = 0.3,
         symmetric: bool = False,
         n_outputs: int = 1000,
+        image_layer: str | None = None,
     ) -> None:
         super().__init__()
         for subject, n in vertex_counts.items():
@@ -127,6 +132,7 @@ class PooledContrastiveModel(nn.Module):
         self.temperature = temperature
         self.symmetric = symmetric
         self.backbone = backbone
+        self.image_layer = image_layer
         self.w_x = nn.Linear(n_outputs, h, bias=False)
         self.w_y = nn.ModuleDict(
             {s: nn.Linear(n, h, bias=False) for s, n in self.vertex_counts.items()}
@@ -141,6 +147,7 @@ class PooledContrastiveModel(nn.Module):
         settings: Any,
         mode: str = "avg",
         all_roi_sizes: Iterable[int] | None = None,
+        image_layer: str | None = None,
     ) -> PooledContrastiveModel:
         """Build the model from a settings object (the ``tuning.pooled`` section of a study).
 
@@ -155,6 +162,8 @@ class PooledContrastiveModel(nn.Module):
             ``symmetric`` and ``frozen``: backbone layers frozen in place).
         mode, all_roi_sizes
             How ``h`` is chosen, see :func:`pooled_hidden_size`.
+        image_layer : str, optional
+            What the image branch reads (see the class); default the output logits.
 
         Returns
         -------
@@ -166,7 +175,8 @@ class PooledContrastiveModel(nn.Module):
             backbone,
             vertex_counts,
             h,
-            n_outputs=output_size(backbone),
+            n_outputs=feature_width(backbone, image_layer),
+            image_layer=image_layer,
             temperature=settings.temperature,
             symmetric=getattr(settings, "symmetric", False),
         )
@@ -180,7 +190,7 @@ class PooledContrastiveModel(nn.Module):
 
     def embed_images(self, images: Tensor) -> Tensor:
         """Image embeddings ``g(W_x backbone(x))``, ``(B, z)``."""
-        return self.head(self.w_x(self.backbone(images)))
+        return self.head(self.w_x(forward_to(self.backbone, images, self.image_layer)))
 
     def embed_responses(self, responses: Tensor, subject: str) -> Tensor:
         """Response embeddings ``g(W_y^(s) y)`` of one subject, ``(B, z)``."""

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cortexcl.errors import InputError
-from cortexcl.models.backbones import output_size
+from cortexcl.models.backbones import feature_width, forward_to
 from cortexcl.models.contrastive import check_pairs, single_vertex_count
 from cortexcl.models.freezing import freeze_layers
 
@@ -27,7 +27,11 @@ class RegressionModel(nn.Module):
     n_vertices : int
         Number of vertices ``n`` of the ROI.
     n_outputs : int
-        Width of the backbone output.
+        Width of what the image branch reads (the backbone output, or ``image_layer``).
+    image_layer : str, optional
+        Module whose flattened output the image branch reads, e.g. the pooled penultimate
+        features (`cortexcl.models.backbones.Backbone.penultimate`); default the backbone's
+        output logits, as published.
 
     Attributes
     ----------
@@ -35,7 +39,8 @@ class RegressionModel(nn.Module):
     readout : nn.Linear
     """
 
-    def __init__(self, backbone: nn.Module, n_vertices: int, n_outputs: int = 1000) -> None:
+    def __init__(self, backbone: nn.Module, n_vertices: int, n_outputs: int = 1000,
+                 image_layer: str | None = None) -> None:
         super().__init__()
         if n_vertices < 1:
             raise InputError(
@@ -43,23 +48,27 @@ class RegressionModel(nn.Module):
             )
         self.n_vertices = n_vertices
         self.backbone = backbone
+        self.image_layer = image_layer
         self.readout = nn.Linear(n_outputs, n_vertices)
 
     @classmethod
     def from_settings(
-        cls, backbone: nn.Module, vertex_counts: Mapping[str, int], settings: Any
+        cls, backbone: nn.Module, vertex_counts: Mapping[str, int], settings: Any,
+        image_layer: str | None = None,
     ) -> RegressionModel:
         """Build the model for ``{subject: n_vertices}`` (one subject).
 
         ``settings`` (the ``tuning.rt`` section of a study) holds the optimiser settings,
-        which the trainer reads, and ``frozen``: backbone layers frozen in place.
+        which the trainer reads, and ``frozen``: backbone layers frozen in place. ``image_layer``:
+        the module the readout reads (default the output logits).
         """
         freeze_layers(backbone, getattr(settings, "frozen", ()))
-        return cls(backbone, single_vertex_count(vertex_counts), output_size(backbone))
+        return cls(backbone, single_vertex_count(vertex_counts),
+                   feature_width(backbone, image_layer), image_layer)
 
     def predict(self, images: Tensor) -> Tensor:
         """Predicted responses ``(B, n_vertices)``, in the model's current mode."""
-        return self.readout(self.backbone(images))
+        return self.readout(forward_to(self.backbone, images, self.image_layer))
 
     def loss(self, images: Tensor, responses: Tensor, subject: str | None = None) -> Tensor:
         """Mean squared error of the predictions, averaged over batch and vertices.

@@ -23,7 +23,6 @@ from torch.utils.data import DataLoader, Subset
 
 from cortexcl.atomic import atomic_save_npy, atomic_write_csv
 from cortexcl.config import ClassificationConfig, StudyConfig
-from cortexcl.data.images import IMAGENET_MEAN, IMAGENET_STD
 from cortexcl.evaluation.classification import (
     LinearProbe,
     ProbeDataset,
@@ -42,7 +41,7 @@ from cortexcl.evaluation.saliency import (
     probe_head,
     saliency_examples,
 )
-from cortexcl.models.backbones import build_backbone
+from cortexcl.models.backbones import ALEXNET, Backbone, build_backbone, get_backbone
 from cortexcl.rundir import RunDirectory
 from cortexcl.study.jobs import Job, backbone_name, model_dir, parse_backbone_name
 from cortexcl.tuning.checkpoints import BACKBONE
@@ -55,11 +54,13 @@ N_EXAMPLES = 4
 _DATASETS: dict[str, ProbeDataset] = {}
 
 
-def probe_dataset(settings: ClassificationConfig, seed: int, progress: bool) -> ProbeDataset:
-    """The study's probe data set (opened once per process)."""
-    key = f"{settings.model_dump_json()}-{seed}"
+def probe_dataset(settings: ClassificationConfig, seed: int, progress: bool,
+                  spec: Backbone = ALEXNET) -> ProbeDataset:
+    """The study's probe data set, normalised for the backbone ``spec`` (opened once per
+    process)."""
+    key = f"{settings.model_dump_json()}-{seed}-{spec.mean}-{spec.std}"
     if key not in _DATASETS:
-        transform = probe_transform(settings.image_size)
+        transform = probe_transform(settings.image_size, mean=spec.mean, std=spec.std)
         if settings.dataset == "simulated":
             _DATASETS[key] = simulated_dataset(
                 settings.n_images, image_size=settings.image_size * 256 // 224, seed=seed,
@@ -86,9 +87,11 @@ def run_probe(job: Job, run: RunDirectory, config: StudyConfig, device: str | No
               progress: bool) -> None:
     """Fit and score the classification probe of one backbone."""
     settings = config.evaluation.classification
+    spec = get_backbone(config.backbone.name)
     probe_backbone(_name(job), job_backbone(job, run, config),
-                   probe_dataset(settings, config.split_seed, progress), run.path(CLASSIFICATION),
-                   layer=settings.layer, probe=settings.probe, seed=config.split_seed,
+                   probe_dataset(settings, config.split_seed, progress, spec),
+                   run.path(CLASSIFICATION), layer=probed_layer(config), probe=settings.probe,
+                   seed=config.split_seed,
                    batch_size=settings.batch_size, device=device, progress=progress)
 
 
@@ -139,31 +142,42 @@ def run_saliency(job: Job, run: RunDirectory, config: StudyConfig, device: str |
     classification = config.evaluation.classification
     folder = probe_dir(run.path(CLASSIFICATION), classification.dataset, _name(job))
     probe = LinearProbe.load(folder)
+    spec = get_backbone(config.backbone.name)
     network = ProbeNetwork(job_backbone(job, run, config),
-                           probe_head(probe.coef, probe.intercept, probe.mean, probe.scale))
+                           probe_head(probe.coef, probe.intercept, probe.mean, probe.scale),
+                           probed_layer(config))
     # The images explained: the first probe-test images, with their true classes as targets.
     indices = np.load(folder / "test_indices.npy")[:settings.n_images]
     targets = np.searchsorted(probe.classes, np.load(folder / "labels.npy")[:indices.size])
-    images = _DatasetImages(probe_dataset(classification, config.split_seed, progress))
+    images = _DatasetImages(probe_dataset(classification, config.split_seed, progress, spec))
     axes = ["horizontal", "vertical"] if settings.vertical else ["horizontal"]
+    layer = spec.gradcam or ""  # gradcam needs one: the config refuses it for transformers
     table = lateralization(network, images, targets, indices=indices,
-                           method=settings.attribution, axes=axes,
+                           method=settings.attribution, axes=axes, layer=layer,
                            batch_size=settings.batch_size, device=device, progress=progress)
     out = run.path(SALIENCY, _name(job))
     atomic_write_csv(out / "lateralization.csv", table)
     batch = next(images.batches(indices[:N_EXAMPLES], N_EXAMPLES))
     examples = saliency_examples(_name(job), network, batch, targets[:N_EXAMPLES],
-                                 method=settings.attribution, device=device)
+                                 method=settings.attribution, layer=layer, device=device)
     atomic_save_npy(out / "example_maps.npy", examples.maps.astype(np.float32))
     atomic_save_npy(out / "example_maps_flipped.npy", examples.maps_flipped.astype(np.float32))
     atomic_save_npy(out / "example_probability.npy",
                     np.stack([examples.probability, examples.probability_flipped]))
-    atomic_save_npy(out / "example_images.npy", _uint8_images(batch))
+    atomic_save_npy(out / "example_images.npy", _uint8_images(batch, spec))
 
 
-def _uint8_images(batch: torch.Tensor) -> np.ndarray:
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+def probed_layer(config: StudyConfig) -> str:
+    """The layer the probes read: ``evaluation.classification.layer``, else the backbone's
+    penultimate layer (AlexNet: fc7 after ReLU, ``classifier.5``)."""
+    return (config.evaluation.classification.layer
+            or get_backbone(config.backbone.name).penultimate)
+
+
+def _uint8_images(batch: torch.Tensor, spec: Backbone) -> np.ndarray:
+    """Normalised images back to uint8 pixels ``(B, H, W, 3)``."""
+    mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std).view(1, 3, 1, 1)
     pixels = (batch.cpu() * std + mean).clamp(0, 1).permute(0, 2, 3, 1)
     return (pixels.numpy() * 255).round().astype(np.uint8)
 

@@ -352,8 +352,10 @@ def _tuning_setup(job: Job, context: StudyContext) -> tuple[torch.nn.Module, lis
     backbone = build_backbone(backbone_spec.name, config.backbone.weights, seed=config.split_seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
+        image_layer = (backbone_spec.penultimate if settings.image_features == "penultimate"
+                       else None)
         model = spec.build(backbone, {d.name: d.responses.shape[1] for d in data}, settings,
-                           **options)
+                           image_layer=image_layer, **options)
     return model, data, settings, seed
 
 
