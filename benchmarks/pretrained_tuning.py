@@ -17,6 +17,11 @@ same temperature. The critic shows how well the data allow images and responses 
 
     python benchmarks/pretrained_tuning.py                    # ~25 min on 2 CPU cores
     python benchmarks/pretrained_tuning.py --quick            # one ROI, one seed, ~5 min
+    python benchmarks/pretrained_tuning.py --set tuning.cl.early_stopping=2 \
+        --set "encoding.layers=[blocks.4, blocks.5, blocks.6, global_pool]"   # a variant
+
+Each model's row also gives its best layer, the epoch whose weights were kept (the last, or the
+best val epoch under early stopping) and the bytes its folder takes.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 
 from cortexcl.config import StudyConfig, load_config, parse_config
 from cortexcl.encoding.features import extract_features
@@ -38,6 +44,7 @@ from cortexcl.models.backbones import build_backbone, get_backbone
 from cortexcl.models.contrastive import cosine_similarities, info_nce_from_similarities
 from cortexcl.rundir import RunDirectory
 from cortexcl.study.runner import StudyContext, prepare_data, run_study
+from cortexcl.tuning.checkpoints import model_bytes
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pretrained-demo.yaml"
 
@@ -48,18 +55,29 @@ def parse_args() -> argparse.Namespace:
                         help="the study (default configs/pretrained-demo.yaml)")
     parser.add_argument("--out", type=Path, default=None, help="run directory (default: temp)")
     parser.add_argument("--quick", action="store_true", help="lh V1v, one seed, 3 epochs")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=YAML",
+                        help="change a setting, e.g. tuning.cl.weight_decay=1e-4 (repeatable; "
+                             "tuning.*.KEY sets cl and rt)")
     return parser.parse_args()
 
 
 def study_config(args: argparse.Namespace) -> StudyConfig:
-    config = load_config(args.config)
-    if not args.quick:
-        return config
-    raw = config.model_dump(mode="json")
-    raw["selection"].update(hemispheres=["lh"], rois=["V1v"])
-    raw["seeds"] = [0]
-    for method in ("cl", "rt"):
-        raw["tuning"][method]["epochs"] = 3
+    raw = load_config(args.config).model_dump(mode="json")
+    if args.quick:
+        raw["selection"].update(hemispheres=["lh"], rois=["V1v"])
+        raw["seeds"] = [0]
+        for method in ("cl", "rt"):
+            raw["tuning"][method]["epochs"] = 3
+    for change in args.set:
+        key, _, value = change.partition("=")
+        *parents, name = key.strip().split(".")
+        targets = ([["tuning", "cl"], ["tuning", "rt"]] if parents == ["tuning", "*"]
+                   else [parents])
+        for path in targets:
+            section = raw
+            for parent in path:
+                section = section[parent]
+            section[name] = yaml.safe_load(value)
     return parse_config(raw)
 
 
@@ -100,7 +118,14 @@ def main() -> None:
         row = {"hemisphere": hemisphere, "roi": roi, "method": method,
                "n_seeds": int(part["seed"].notna().sum()) or 1,
                "mean_r": round(float(part["mean_r"].mean()), 4)}
+        row["best_layer"] = part["best_layer"].mode().iloc[0]
         if method != "untuned":
+            folders = sorted((out / "models" / "subj01" / hemisphere / roi / method).glob(
+                "seed-*"))
+            metas = [json.loads((folder / "meta.json").read_text()) for folder in folders]
+            row.update(kept_epoch=[meta["kept_epoch"] for meta in metas],
+                       mb_per_model=round(float(np.mean([model_bytes(f) for f in folders]))
+                                          / 1e6, 2))
             row.update(pct_improved_vs_untuned=round(float(
                 part["pct_improved_vs_untuned"].mean()), 1),
                 delta_r_vs_untuned=round(float(part["delta_r_vs_untuned"].mean()), 4),
@@ -124,7 +149,9 @@ def main() -> None:
         "image_size": config.data.image_size, "frozen": cl.frozen,
         "n_images": config.data.simulate.n_images, "seeds": config.seeds,
         "epochs": cl.epochs, "batch_size": cl.batch_size, "lr_cl": cl.lr,
-        "lr_rt": config.tuning.rt.lr, "threads": torch.get_num_threads(),
+        "lr_rt": config.tuning.rt.lr, "changes": args.set, "layers": config.encoding.layers,
+        "early_stopping": cl.early_stopping, "weight_decay": cl.weight_decay,
+        "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(), "seconds": round(seconds, 1), "ok": report.ok,
         "run_dir": str(out), "results": rows}, indent=1))
 

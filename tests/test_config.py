@@ -143,3 +143,11 @@ def test_example_configs_are_valid_and_plan(path):
     jobs = plan_jobs(config, lambda *_: 100)
     assert jobs[-1].kind == "aggregate"
     assert len({job.key for job in jobs}) == len(jobs)
+
+
+def test_early_stopping_needs_the_clean_protocol():
+    assert parse_config({"tuning": {"cl": {"early_stopping": 3, "weight_decay": 1e-4}}})
+    with pytest.raises(InputError, match="tuning.rt.early_stopping: needs val images"):
+        parse_config({"tuning": {"rt": {"early_stopping": 2}}, "encoding": {"protocol": "paper"}})
+    with pytest.raises(InputError, match="early_stopping"):
+        parse_config({"tuning": {"cl": {"early_stopping": 0}}})

@@ -27,7 +27,7 @@ from cortexcl.study import runner
 from cortexcl.study.executors import SerialExecutor
 from cortexcl.study.jobs import DONE, Job, plan_jobs
 from cortexcl.study.runner import StudyContext, prepare_data, run_study
-from cortexcl.tuning.checkpoints import BACKBONE, META
+from cortexcl.tuning.checkpoints import BACKBONE, META, load_backbone
 from cortexcl.tuning.trainer import CHECKPOINT, TRAIN_LOG
 from study_helpers import (
     FROZEN,
@@ -181,10 +181,13 @@ def test_tiny_study_end_to_end(finished):
         assert meta["n_train"] == {"subj01": 48}
         assert pd.read_csv(model / TRAIN_LOG)["epoch"].tolist() == [1, 2]
     assert not list(root.rglob(CHECKPOINT))
-    frozen = load_file(root / "models/subj01/lh/V1v/cl/seed-0" / BACKBONE)
+    stored = load_file(root / "models/subj01/lh/V1v/cl/seed-0" / BACKBONE)
+    assert "classifier.1.weight" not in stored  # frozen: not on disk, rebuilt from the base
+    tuned = load_backbone(root / "models/subj01/lh/V1v/cl/seed-0").state_dict()
     untouched = load_alexnet("none", seed=0).state_dict()
-    assert torch.equal(frozen["classifier.1.weight"], untouched["classifier.1.weight"])
-    assert not torch.equal(frozen["features.0.weight"], untouched["features.0.weight"])
+    assert torch.equal(tuned["classifier.1.weight"], untouched["classifier.1.weight"])
+    assert not torch.equal(tuned["features.0.weight"], untouched["features.0.weight"])
+    assert torch.equal(tuned["features.0.weight"], stored["features.0.weight"])
 
     assert (root / "report.html").stat().st_size > 1000
     assert {"config.yaml", "manifest.json"} <= {p.name for p in root.iterdir()}

@@ -17,6 +17,7 @@ from cortexcl.errors import InputError
 from cortexcl.models.contrastive import ContrastiveModel
 from cortexcl.models.pooled import PooledContrastiveModel
 from cortexcl.models.regression import RegressionModel
+from cortexcl.tuning import trainer
 from cortexcl.tuning.trainer import CHECKPOINT, TRAIN_LOG, TrainingSet, TrainSettings, train
 from tiny_backbone import seeded, tiny_alexnet
 
@@ -139,7 +140,8 @@ def test_checkpoint_holds_model_optimiser_and_log(store, tmp_path):
     model = cl_model()
     log = fit(model, [dataset(store)], tmp_path, epochs=2)
     state = torch.load(tmp_path / CHECKPOINT, weights_only=True)
-    assert set(state) == {"model", "optimizer", "log", "settings"}
+    assert set(state) == {"model", "optimizer", "log", "settings", "best"}
+    assert state["best"] is None  # no early stopping: the last epoch is kept
     assert pd.DataFrame(state["log"]).equals(log)
     assert state["settings"]["epochs"] == 2
     for name, tensor in model.state_dict().items():
@@ -280,3 +282,44 @@ def test_training_without_a_val_part(store, tmp_path):
                        np.zeros(0, dtype=np.int64))
     log = fit(cl_model(), [data], tmp_path, epochs=1)
     assert np.isfinite(log.loc[0, "train_loss"]) and np.isnan(log.loc[0, "val_loss"])
+
+
+def scripted_val_loss(monkeypatch, losses: list[float]) -> None:
+    """Make the val loss of epoch e (1-based) ``losses[e - 1]``, whatever the model does."""
+    calls = iter(losses)
+    monkeypatch.setattr(trainer, "evaluate_loss", lambda *args: next(calls))
+
+
+def test_early_stopping_keeps_the_best_val_epoch(store, tmp_path, monkeypatch):
+    reference = cl_model()
+    fit(reference, [dataset(store)], tmp_path / "two", epochs=2)  # what epoch 2 left
+    # val: best at epoch 2, then 2 epochs without improvement: patience 2 stops after epoch 4.
+    scripted_val_loss(monkeypatch, [1.0, 0.5, 0.7, 0.5, 0.9, 0.1])
+    model = cl_model()
+    log = fit(model, [dataset(store)], tmp_path / "stop", epochs=6, patience=2)
+    assert log["epoch"].tolist() == [1, 2, 3, 4]  # a tie (0.5) is no improvement
+    assert_same_state(model, reference)
+    assert trainer.best_epoch(log.to_dict("records")) == 1
+
+
+def test_early_stopping_resumes_to_the_same_result(store, tmp_path, monkeypatch):
+    losses = [1.0, 0.5, 0.7, 0.8, 0.9, 0.1]
+    scripted_val_loss(monkeypatch, losses)
+    whole = cl_model()
+    log = fit(whole, [dataset(store)], tmp_path / "a", epochs=6, patience=2)
+    scripted_val_loss(monkeypatch, losses)
+    fit(cl_model(), [dataset(store)], tmp_path / "b", epochs=3, patience=2)  # killed after 3
+    scripted_val_loss(monkeypatch, losses[3:])
+    resumed = cl_model(seed=5)
+    again = fit(resumed, [dataset(store)], tmp_path / "b", epochs=6, patience=2)
+    assert_same_state(whole, resumed)  # the best epoch's weights came from the checkpoint
+    pd.testing.assert_frame_equal(log.drop(columns=TIMING), again.drop(columns=TIMING))
+    assert len(log) == 4
+
+
+def test_early_stopping_needs_val_images(store, tmp_path):
+    data = dataset(store)
+    no_val = TrainingSet(data.name, data.images, data.responses, data.train, data.val[:0])
+    with pytest.raises(InputError, match="early stopping needs val images"):
+        fit(cl_model(), [no_val], tmp_path, patience=2)
+    assert not (tmp_path / CHECKPOINT).exists()

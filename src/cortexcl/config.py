@@ -97,6 +97,10 @@ class OptimizerConfig(_Strict):
     lr: float = Field(1e-4, gt=0)
     frozen: list[str] = Field(default_factory=list, description="backbone modules kept fixed "
                                                                "(names or prefixes)")
+    weight_decay: float = Field(0.0, ge=0, description="Adam's L2 penalty on the trained weights")
+    early_stopping: int | None = Field(
+        None, ge=1, description="patience: stop when the val loss has not improved for this "
+                                "many epochs and keep the best epoch (null: off, as published)")
     image_features: Literal["logits", "penultimate"] = Field(
         "logits", description="what the image branch reads: the backbone's output logits "
                               "(published) or its pooled penultimate features")
@@ -379,6 +383,11 @@ class StudyConfig(_Strict):
                 check_layers(self.backbone.name, [evaluation.classification.layer])
             except InputError as error:
                 raise ValueError(f"evaluation.classification.{error}") from None
+        stopping = [name for name in ("cl", "rt", "pooled")
+                    if getattr(self.tuning, name).early_stopping]
+        if stopping and self.encoding.protocol == "paper":
+            raise ValueError(f"tuning.{stopping[0]}.early_stopping: needs val images, which the "
+                             f"paper protocol has not (encoding.protocol: clean)")
         if evaluation.saliency and evaluation.saliency.attribution == "gradcam":
             from cortexcl.models.backbones import get_backbone
 

@@ -51,7 +51,7 @@ from cortexcl.study.probe_jobs import (
     write_probe_tables,
 )
 from cortexcl.tuning.checkpoints import BACKBONE, load_backbone, load_heads, save_tuned
-from cortexcl.tuning.trainer import CHECKPOINT, TrainingSet, TrainSettings, train
+from cortexcl.tuning.trainer import CHECKPOINT, TrainingSet, TrainSettings, best_epoch, train
 
 SIMULATION_VERSION = "v2"  # bump when the simulated data of a configuration changes
 MI_SUBSETS = 100  # random subsets averaged by the common-K bound
@@ -363,11 +363,13 @@ def _tune(job: Job, context: StudyContext) -> None:
     model, data, settings, seed = _tuning_setup(job, context)
     out = job.output_dir(context.run.root)
     train_settings = TrainSettings(epochs=settings.epochs, batch_size=settings.batch_size,
-                                   lr=settings.lr, seed=seed,
-                                   interleave=getattr(settings, "interleave", False))
+                                   lr=settings.lr, weight_decay=settings.weight_decay,
+                                   seed=seed, interleave=getattr(settings, "interleave", False),
+                                   patience=settings.early_stopping)
     log = train(model, data, train_settings, out, device=context.device,
                 progress=context.progress)
-    last = log.iloc[-1]
+    # The weights kept: the last epoch's, or the best val epoch's under early stopping.
+    last = log.iloc[best_epoch(log.to_dict("records")) if settings.early_stopping else -1]
     meta = {
         "method": job.method, "subjects": [d.name for d in data], "hemisphere": job.hemisphere,
         "roi": job.roi, "n_vertices": {d.name: int(d.responses.shape[1]) for d in data},
@@ -377,6 +379,7 @@ def _tune(job: Job, context: StudyContext) -> None:
         "n_train": {d.name: len(d.train) for d in data},
         "n_val": {d.name: len(d.val) for d in data},
         "final_train_loss": float(last["train_loss"]), "final_val_loss": float(last["val_loss"]),
+        "kept_epoch": int(last["epoch"]), "epochs_run": len(log),
         "images_per_s": float(log["images_per_s"].mean()),
     }
     save_tuned(out, model.cpu(), meta, half_copy=context.config.tuning.half_copy,

@@ -4,6 +4,8 @@ A model only has to provide ``loss(images, responses, subject)`` and a ``backbon
 The loop shuffles with a seeded generator, checkpoints after every epoch (model, optimiser,
 log) and resumes exactly: the shuffle order and the dropout masks of epoch ``e`` depend only on
 ``(seed, e)``, so a run killed and resumed gives the same weights as an uninterrupted one.
+Early stopping (off by default, as published) ends the loop when the val loss has not improved
+for ``patience`` epochs and keeps the weights of the epoch with the lowest val loss.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ class TrainingSet:
     responses : numpy.ndarray
         float32 ``(n_images, n_vertices)``: the ROI's responses, rows aligned with ``images``.
     train, val : numpy.ndarray
-        Image indices. Only ``train`` updates the model; ``val`` is only logged.
+        Image indices. Only ``train`` updates the model; ``val`` is logged, and decides when
+        to stop under early stopping.
     """
 
     name: str
@@ -65,6 +68,7 @@ class TrainSettings:
     weight_decay: float = 0.0
     seed: int = 0
     interleave: bool = False
+    patience: int | None = None
 
 
 def train(model: nn.Module, datasets: Sequence[TrainingSet], settings: TrainSettings,
@@ -81,7 +85,9 @@ def train(model: nn.Module, datasets: Sequence[TrainingSet], settings: TrainSett
         the given order and runs all batches of one before the next, as published, or
         interleaves batches at random when ``settings.interleave`` is set.
     settings : TrainSettings
-        Optimiser, epochs, batch size and seed.
+        Optimiser, epochs, batch size, seed, and ``patience``: stop once the val loss has not
+        improved for that many epochs and restore the best epoch's weights (None: train every
+        epoch and keep the last, as published).
     out_dir : path
         Receives ``checkpoint.pt`` after every epoch and ``train_log.csv``.
     device : str or torch.device, optional
@@ -93,7 +99,12 @@ def train(model: nn.Module, datasets: Sequence[TrainingSet], settings: TrainSett
     Returns
     -------
     pandas.DataFrame
-        The training log: one row per epoch with train and val loss.
+        The training log: one row per epoch run with train and val loss.
+
+    Raises
+    ------
+    InputError
+        Early stopping without val images; a checkpoint of other settings.
     """
     out_dir = Path(out_dir)
     device = resolve_device(device)
@@ -103,7 +114,10 @@ def train(model: nn.Module, datasets: Sequence[TrainingSet], settings: TrainSett
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
                                  lr=settings.lr, betas=settings.betas, eps=settings.eps,
                                  weight_decay=settings.weight_decay, fused=True)
-    log = _resume(model, optimizer, out_dir / CHECKPOINT, device, settings)
+    if settings.patience and not any(len(data.val) for data in datasets):
+        raise InputError("early stopping needs val images (the clean protocol), and there are "
+                         "none")
+    log, best = _resume(model, optimizer, out_dir / CHECKPOINT, device, settings)
     sources = [_DeviceImages(data, device) for data in datasets]
     n_train = sum(len(data.train) for data in datasets)
     bar = tqdm(total=settings.epochs * n_train, initial=len(log) * n_train, unit="img",
@@ -112,6 +126,8 @@ def train(model: nn.Module, datasets: Sequence[TrainingSet], settings: TrainSett
     rng_devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=rng_devices):
         for epoch in range(len(log), settings.epochs):
+            if _stalled(log, settings.patience):
+                break
             started = time.perf_counter()
             generator = _epoch_generator(settings.seed, epoch)
             model.train()
@@ -130,9 +146,23 @@ def train(model: nn.Module, datasets: Sequence[TrainingSet], settings: TrainSett
                         "val_loss": evaluate_loss(model, datasets, sources, settings.batch_size,
                                                   device),
                         "seconds": seconds, "images_per_s": count / seconds})
-            _save_checkpoint(model, optimizer, log, out_dir, settings)
+            if settings.patience and best_epoch(log) == len(log) - 1:
+                best = {name: t.detach().cpu().clone() for name, t in model.state_dict().items()}
+            _save_checkpoint(model, optimizer, log, out_dir, settings, best)
     bar.close()
+    if best is not None:
+        model.load_state_dict(best)
     return pd.DataFrame(log)
+
+
+def best_epoch(log: Sequence[dict]) -> int:
+    """Index of the logged epoch with the lowest val loss (the first of ties)."""
+    return int(np.argmin([row["val_loss"] for row in log]))
+
+
+def _stalled(log: Sequence[dict], patience: int | None) -> bool:
+    """Whether the val loss has not improved for ``patience`` epochs."""
+    return bool(patience) and bool(log) and len(log) - 1 - best_epoch(log) >= patience
 
 
 @torch.no_grad()
@@ -213,10 +243,12 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 def _resume(model: nn.Module, optimizer: torch.optim.Optimizer, path: Path,
-            device: torch.device, settings: TrainSettings) -> list[dict]:
-    """Load the checkpoint, if any; it must come from the same settings (epochs may grow)."""
+            device: torch.device,
+            settings: TrainSettings) -> tuple[list[dict], dict[str, torch.Tensor] | None]:
+    """Load the checkpoint, if any; it must come from the same settings (epochs may grow).
+    Returns the log and the best epoch's weights (early stopping only)."""
     if not path.exists():
-        return []
+        return [], None
     state = torch.load(path, map_location=device, weights_only=True)
     saved, wanted = state["settings"], asdict(settings)
     changed = [f"{key} {saved.get(key)!r} -> {value!r}" for key, value in wanted.items()
@@ -228,14 +260,17 @@ def _resume(model: nn.Module, optimizer: torch.optim.Optimizer, path: Path,
                          "remove it or train in another folder")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
-    return [dict(row) for row in state["log"]]
+    best = state.get("best")
+    return [dict(row) for row in state["log"]], (
+        {name: t.cpu() for name, t in best.items()} if best is not None else None)
 
 
 def _save_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, log: list[dict],
-                     out_dir: Path, settings: TrainSettings) -> None:
+                     out_dir: Path, settings: TrainSettings,
+                     best: dict[str, torch.Tensor] | None) -> None:
     buffer = io.BytesIO()
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "log": log,
-                "settings": asdict(settings)}, buffer)
+                "settings": asdict(settings), "best": best}, buffer)
     atomic_write_bytes(out_dir / CHECKPOINT, buffer.getvalue())
     text = io.StringIO()
     pd.DataFrame(log).to_csv(text, index=False)
