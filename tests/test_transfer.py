@@ -345,3 +345,16 @@ def test_backbone_tuned_on_the_same_ground_truth_transfers_best(tmp_path):
     control = v1v["matching_vs_control"]["FFA-1"]
     # The matching backbone beats the control on the test images (unit: the image).
     assert control["delta_r"] > 0 and control["p"] < 0.05
+
+
+def test_salience_figure_shows_untuned_and_the_first_tuned_model(full_study, tmp_path,
+                                                                   monkeypatch):
+    from cortexcl.report import evaluations
+    from cortexcl.report.figures import RunResults
+
+    _, run, _ = full_study
+    drawn = []
+    monkeypatch.setattr(evaluations, "draw_saliency_overlays",
+                        lambda images, models, path: drawn.extend(m.name for m in models) or path)
+    evaluations.saliency_overlays(RunResults(run.root), tmp_path)
+    assert drawn == ["untuned", "cl subj01 lh V1v seed-0"]  # lh only: no rh model to pair

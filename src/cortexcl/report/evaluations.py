@@ -19,6 +19,7 @@ from cortexcl.report.transfer_figures import (
     nod_transfer_bars,
     pooled_vs_cross_scatter,
 )
+from cortexcl.study.jobs import backbone_name, parse_backbone_name
 
 Drawer = Callable[[RunResults, Path], ReportFigure | None]
 SIDE_COLORS = {"lh": "#1f77b4", "rh": "#d62728", "": "#555555"}
@@ -105,11 +106,11 @@ def saliency_overlays(results: RunResults, out_dir: Path) -> ReportFigure | None
     by_name = {path.parent.name: path.parent for path in folders}
     chosen = ["untuned"] if "untuned" in by_name else []
     tuned = [name for name in by_name if name != "untuned"]
-    if tuned:
-        stem = tuned[0].rsplit("__", 2)[0]  # method__subject; then both hemispheres
-        roi = tuned[0].rsplit("__", 1)[1]
-        chosen += [name for name in (f"{stem}__lh__{roi}", f"{stem}__rh__{roi}")
-                   if name in by_name]
+    if tuned:  # the first tuned model (method, subject, ROI, seed) in both hemispheres
+        first = parse_backbone_name(tuned[0])
+        chosen += [name for name in (backbone_name(first["method"], first["subject"], hemisphere,
+                                                   first["roi"], first["seed"])
+                                     for hemisphere in ("lh", "rh")) if name in by_name]
     models = []
     for name in chosen:
         folder = by_name[name]
