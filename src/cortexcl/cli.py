@@ -12,6 +12,7 @@ import pandas as pd
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cortexcl.errors import InputError
@@ -135,6 +136,25 @@ def encode(
     _warn(table)
 
 
+@app.command("export-algonauts")
+def export_algonauts(
+    run: Annotated[Path, typer.Argument(help="Run directory with whole-hemisphere encodings.")],
+    out: Annotated[Path, typer.Argument(help="Submission folder (gets subjNN/).")],
+    method: Annotated[str, typer.Option(
+        help="The backbone: untuned, cl, rt or an encode --method name.")] = "untuned",
+    seed: Annotated[int | None, typer.Option(
+        help="Tuning seed of a tuned backbone (default: the only one).")] = None,
+    device: Device = None,
+) -> None:
+    """Write Algonauts 2023 submission files ({lh,rh}_pred_test.npy) from a run's ROI-all
+    encodings."""
+    from cortexcl.encoding.export import export_algonauts as run_export
+
+    table = run_export(run, out, method=method, seed=seed, device=device, announce=_announce)
+    print_summary(table.drop(columns=["file"]), f"Submission files in {out} ({out}/export.csv)",
+                  every_column=True)
+
+
 @app.command()
 def layers(
     backbone: Annotated[str, typer.Argument(
@@ -149,8 +169,8 @@ def layers(
     names = layer_names(spec.name) if every else spec.layers
     stdout.print(f"{spec.name}: input {spec.input_size} px, mean {spec.mean}, std {spec.std}, "
                  f"{spec.n_outputs} outputs (the tuning heads read them)")
-    if spec.name != "alexnet":
-        stdout.print("classification probes, landscape and saliency: AlexNet only for now")
+    stdout.print(f"penultimate layer (probes, image_features: penultimate): {spec.penultimate}; "
+                 f"Grad-CAM layer: {spec.gradcam or 'none (gradient saliency only)'}")
     stdout.print(("every module" if every else "default candidate layers (encoding.layers, "
                   "--layer)") + ":")
     for name in names:
@@ -274,7 +294,7 @@ def _finish_study(out: Path, report) -> None:
     if report_file.is_file():
         stdout.print(f"report: {report_file}")
     for key, log in report.failed.items():
-        console.print(f"[red]failed:[/red] {key} (log: {log})", soft_wrap=True)
+        console.print(f"[red]failed:[/red] {escape(f'{key} (log: {log})')}", soft_wrap=True)
     if not report.ok:
         raise typer.Exit(1)
 
@@ -321,7 +341,7 @@ def _options_named(prefix: str) -> Iterator[None]:
 
 
 def _announce(message: str) -> None:
-    console.print(f"[yellow]{message}[/yellow]")
+    console.print(f"[yellow]{escape(message)}[/yellow]")
 
 
 def main() -> None:
@@ -329,5 +349,5 @@ def main() -> None:
     try:
         app()
     except InputError as error:
-        console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
         sys.exit(2)

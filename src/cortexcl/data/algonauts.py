@@ -39,7 +39,6 @@ from cortexcl.data.rois import (
 )
 from cortexcl.errors import InputError
 
-_IMAGE_NAME = re.compile(r"^train-(\d+)_nsd-(\d+)\.png$")
 _SCAN_BYTES = 64 << 20
 _HASH_CHUNK = 1 << 20
 
@@ -76,25 +75,48 @@ def _training_images(folder: Path) -> tuple[list[Path], np.ndarray]:
     Image ``train-NNNN`` is row NNNN - 1 of the fMRI arrays, so the numbers must run from 1 to
     the number of images without a gap or a repeat.
     """
+    return _numbered_images(folder, "train")
+
+
+def challenge_test_images(data_root: str | Path, subject: int | str) -> tuple[list[Path],
+                                                                              np.ndarray]:
+    """The challenge's test images of a subject (``test_split/test_images/test-NNNN_nsd-
+    NNNNN.png``) in the order of their numbers, the order of a submission's rows, and their NSD
+    ids.
+
+    Raises
+    ------
+    InputError
+        If the folder or its images are missing, or names are malformed, repeated or leave a
+        gap.
+    """
+    folder = _require_dir(Path(data_root) / subject_name(subject) / "test_split" / "test_images",
+                          "test images")
+    return _numbered_images(folder, "test")
+
+
+def _numbered_images(folder: Path, kind: str) -> tuple[list[Path], np.ndarray]:
+    """``<kind>-NNNN_nsd-NNNNN.png`` files by number (1 … n, no gap or repeat), and NSD ids."""
+    pattern = re.compile(rf"^{kind}-(\d+)_nsd-(\d+)\.png$")
     found = sorted(folder.glob("*.png"))
     if not found:
-        raise InputError(f"{folder}: no training images (*.png)")
+        raise InputError(f"{folder}: no {kind} images (*.png)")
     numbered = []
     for path in found:
-        match = _IMAGE_NAME.match(path.name)
+        match = pattern.match(path.name)
         if match is None:
-            raise InputError(f"{path}: bad image file name (expected train-NNNN_nsd-NNNNN.png)")
+            raise InputError(f"{path}: bad image file name (expected {kind}-NNNN_nsd-NNNNN.png)")
         if not path.is_file():
             raise InputError(f"{path}: not a file")
         numbered.append((int(match.group(1)), int(match.group(2)), path))
     numbered.sort(key=lambda entry: entry[0])
     for row, (number, _, _) in enumerate(numbered):
         if number != row + 1:
-            problem = (f"train-{number:04d} appears more than once" if row and
-                       numbered[row - 1][0] == number else f"train-{row + 1:04d} is missing")
+            problem = (f"{kind}-{number:04d} appears more than once" if row and
+                       numbered[row - 1][0] == number else f"{kind}-{row + 1:04d} is missing")
             raise InputError(
-                f"{folder}: image numbers must run from 1 to {len(numbered)}, one per fMRI row, "
-                f"but {problem}"
+                f"{folder}: image numbers must run from 1 to {len(numbered)}"
+                f"{', one per fMRI row' if kind == 'train' else ''}, but {problem}"
             )
     paths = [path for _, _, path in numbered]
     ids = [nsd for _, nsd, _ in numbered]
