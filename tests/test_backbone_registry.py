@@ -162,10 +162,11 @@ def test_config_names_a_backbone_and_refuses_the_old_keys():
         parse_config({"weights": "none"})
     probes = {"classification": {}, "landscape": {}, "saliency": {}}
     assert parse_config({"backbone": {"name": LITE0}, "evaluation": probes})
-    with pytest.raises(InputError, match="classification.layer.*'blocks.9'"):
+    with pytest.raises(InputError, match="classification.layer: unknown module name.*'blocks.9'"):
         parse_config({"backbone": {"name": LITE0},
                       "evaluation": {"classification": {"layer": "blocks.9"}}})
-    with pytest.raises(InputError, match="gradcam needs a convolutional stage.*use saliency"):
+    with pytest.raises(InputError, match="gradcam explains a convolutional stage.*declares none"
+                                         ".*use saliency"):
         parse_config({"backbone": {"name": VIT, "weights": "none"}, "evaluation": probes})
     assert parse_config({"backbone": {"name": VIT, "weights": "none"}, "evaluation": {
         **probes, "saliency": {"attribution": "saliency"}}})
@@ -309,3 +310,38 @@ def test_cross_subject_and_nod_transfer_take_any_backbone(tmp_path_factory, monk
     nod = pd.read_csv(root / "tables" / "nod_transfer.csv")
     assert set(nod["method"]) == {"untuned", "cl"} and np.isfinite(nod["mean_r"]).all()
     assert seen and set(seen) == {((0.5,) * 3, (0.5,) * 3)}
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"tuning": {"cl": {"frozen": ["blocks.42"]}}},
+     "tuning.cl.frozen: frozen layers: 'blocks.42' selects no parameters"),
+    ({"tuning": {"rt": {"early_stopping": True}}}, "early_stopping"),
+    ({"evaluation": {"classification": {"methods": ["untuned", "pooled-const"]}}},
+     "classification.methods: pooled-const not among the study's methods"),
+    ({"evaluation": {"classification": {}, "saliency": {"methods": ["untuned", "rt"],
+                                                         "attribution": "saliency"}}},
+     "saliency.methods: rt not among the probed methods"),
+    ({"evaluation": {"classification": {}, "saliency": {"rois": ["FFA-1"],
+                                                         "attribution": "saliency"}}},
+     "saliency.rois: FFA-1 not among selection.rois"),
+    ({"selection": {"rois": ["FFA-1"]},
+      "evaluation": {"classification": {}, "saliency": {"attribution": "saliency"}}},
+     "saliency.rois: none of V1v, V1d, V2v, V2d, V3v, V3d, hV4 is among selection.rois"),
+])
+def test_settings_that_would_be_dropped_or_fail_later_are_refused(changes, message):
+    raw = {"backbone": {"name": LITE0}, "methods": ["untuned", "cl"],
+           "selection": {"rois": ["V1v"]}, **changes}
+    with pytest.raises(InputError, match=message):
+        parse_config(raw)
+
+
+def test_frozen_names_may_be_parameters_of_a_vision_transformer():
+    config = parse_config({"backbone": {"name": VIT, "weights": "none"}, "tuning": {"cl": {
+        "frozen": ["cls_token", "pos_embed", "patch_embed", "blocks.0"]}}})
+    assert config.tuning.cl.frozen[0] == "cls_token"
+
+
+def test_torchvision_cnns_offer_gradcam_at_their_last_convolutional_stage():
+    assert get_backbone("torchvision:resnet18").gradcam == "layer4"
+    assert get_backbone("torchvision:vgg11").gradcam == "features"
+    assert get_backbone("torchvision:vit_b_16").gradcam is None

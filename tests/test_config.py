@@ -151,3 +151,23 @@ def test_early_stopping_needs_the_clean_protocol():
         parse_config({"tuning": {"rt": {"early_stopping": 2}}, "encoding": {"protocol": "paper"}})
     with pytest.raises(InputError, match="early_stopping"):
         parse_config({"tuning": {"cl": {"early_stopping": 0}}})
+
+
+def test_another_weights_file_at_the_same_path_reruns_every_job(tmp_path):
+    from safetensors.torch import save_file
+
+    from cortexcl.models.backbones import build_backbone
+
+    path = tmp_path / "start.safetensors"
+    save_file(build_backbone("alexnet", "none", seed=1).state_dict(), path)
+    config = parse_config({"backbone": {"weights": str(path)}, "methods": ["untuned", "cl"],
+                           "selection": {"rois": ["V1v"]}})
+    before = {job.key: job.settings for job in plan_jobs(config, lambda *_: 100)}
+    assert before == {job.key: job.settings for job in plan_jobs(config, lambda *_: 100)}  # stable
+    save_file(build_backbone("alexnet", "none", seed=2).state_dict(), path)
+    after = {job.key: job.settings for job in plan_jobs(config, lambda *_: 100)}
+    assert before.keys() == after.keys()
+    assert all(before[key] != after[key] for key in before)
+    keyword = parse_config({"backbone": {"weights": "none"}, "methods": ["untuned"],
+                            "selection": {"rois": ["V1v"]}})
+    assert all(job.settings for job in plan_jobs(keyword, lambda *_: 100))

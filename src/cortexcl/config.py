@@ -14,6 +14,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictInt,
     ValidationError,
     field_validator,
     model_validator,
@@ -98,7 +99,7 @@ class OptimizerConfig(_Strict):
     frozen: list[str] = Field(default_factory=list, description="backbone modules kept fixed "
                                                                "(names or prefixes)")
     weight_decay: float = Field(0.0, ge=0, description="Adam's L2 penalty on the trained weights")
-    early_stopping: int | None = Field(
+    early_stopping: StrictInt | None = Field(
         None, ge=1, description="patience: stop when the val loss has not improved for this "
                                 "many epochs and keep the best epoch (null: off, as published)")
     image_features: Literal["logits", "penultimate"] = Field(
@@ -376,29 +377,64 @@ class StudyConfig(_Strict):
                 check_layers(self.backbone.name, self.encoding.layers)
             except InputError as error:
                 raise ValueError(f"encoding.{error}") from None
-        if evaluation.classification and evaluation.classification.layer:
+        self._check_tuning()
+        self._check_probes()
+        return self
+
+    def _check_tuning(self) -> None:
+        from cortexcl.models.freezing import check_frozen
+
+        for name in ("cl", "rt", "pooled"):
+            settings = getattr(self.tuning, name)
+            if settings.early_stopping and self.encoding.protocol == "paper":
+                raise ValueError(f"tuning.{name}.early_stopping: needs val images, and the "
+                                 f"paper protocol has none; use encoding.protocol: clean or "
+                                 f"drop early_stopping")
+            try:
+                check_frozen(self.backbone.name, settings.frozen)
+            except InputError as error:
+                raise ValueError(f"tuning.{name}.frozen: {error}") from None
+
+    def _check_probes(self) -> None:
+        evaluation, methods = self.evaluation, set(self.methods)
+        classification, saliency = evaluation.classification, evaluation.saliency
+        if (evaluation.landscape or saliency) and not classification:
+            raise ValueError("evaluation.landscape and evaluation.saliency need "
+                             "evaluation.classification (they use the probes)")
+        if classification is None:
+            return
+        if classification.layer:
             from cortexcl.models.backbones import check_layers
 
             try:
-                check_layers(self.backbone.name, [evaluation.classification.layer])
+                check_layers(self.backbone.name, [classification.layer])
             except InputError as error:
-                raise ValueError(f"evaluation.classification.{error}") from None
-        stopping = [name for name in ("cl", "rt", "pooled")
-                    if getattr(self.tuning, name).early_stopping]
-        if stopping and self.encoding.protocol == "paper":
-            raise ValueError(f"tuning.{stopping[0]}.early_stopping: needs val images, which the "
-                             f"paper protocol has not (encoding.protocol: clean)")
-        if evaluation.saliency and evaluation.saliency.attribution == "gradcam":
+                raise ValueError(f"evaluation.classification.layer: "
+                                 f"{str(error).removeprefix('layers: ')}") from None
+        if "methods" in classification.model_fields_set:
+            _require_subset("evaluation.classification.methods", classification.methods,
+                            methods, "the study's methods")
+        if saliency is None:
+            return
+        if saliency.attribution == "gradcam":
             from cortexcl.models.backbones import get_backbone
 
             if get_backbone(self.backbone.name).gradcam is None:
-                raise ValueError(f"evaluation.saliency.attribution: gradcam needs a "
-                                 f"convolutional stage, which {self.backbone.name} has not; use "
-                                 f"saliency or integrated_gradients")
-        if (evaluation.landscape or evaluation.saliency) and not evaluation.classification:
-            raise ValueError("evaluation.landscape and evaluation.saliency need "
-                             "evaluation.classification (they use the probes)")
-        return self
+                raise ValueError(f"evaluation.saliency.attribution: gradcam explains a "
+                                 f"convolutional stage, and {self.backbone.name} declares none "
+                                 f"(a vision transformer); use saliency or integrated_gradients")
+        probed = set(classification.methods) & methods
+        if "methods" in saliency.model_fields_set:
+            _require_subset("evaluation.saliency.methods", saliency.methods, probed,
+                            "the probed methods (classification.methods and methods)")
+        tuned = set(saliency.methods) & probed - {"untuned"}
+        if tuned and "rois" in saliency.model_fields_set:
+            _require_subset("evaluation.saliency.rois", saliency.rois, set(self.selection.rois),
+                            "selection.rois")
+        elif tuned and not set(saliency.rois) & set(self.selection.rois):
+            raise ValueError(f"evaluation.saliency.rois: none of {', '.join(saliency.rois)} is "
+                             f"among selection.rois, so no tuned model would be explained; set "
+                             f"saliency.rois")
 
     def digest(self, *sections: str) -> str:
         """Short hash of the named sections (all when none), for job completion records."""
@@ -406,6 +442,13 @@ class StudyConfig(_Strict):
         if sections:
             data = {name: data[name] for name in sections}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _require_subset(setting: str, names: list[str], allowed: set[str], what: str) -> None:
+    unknown = [name for name in names if name not in allowed]
+    if unknown:
+        raise ValueError(f"{setting}: {', '.join(unknown)} not among {what} "
+                         f"({', '.join(sorted(allowed)) or 'none'})")
 
 
 def load_config(path: str | Path) -> StudyConfig:

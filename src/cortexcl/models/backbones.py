@@ -179,7 +179,21 @@ def _describe(name: str) -> Backbone:
                         stages[-1], n_outputs, packaged_weights=name in LITE_MODELS)
     children = [child for child, _ in model.named_children()]  # torchvision: top-level parts
     return Backbone(name, tuple(children), mean, std, size,
-                    children[-2] if len(children) > 1 else children[-1], None, n_outputs)
+                    children[-2] if len(children) > 1 else children[-1],
+                    _last_convolutional_part(model), n_outputs)
+
+
+def _last_convolutional_part(model: nn.Module) -> str | None:
+    """The last top-level part holding a 2-D convolution (a torchvision CNN's Grad-CAM layer);
+    None for a transformer (attention after its convolutional patch embedding)."""
+    parts = list(model.named_children())
+    convolutional = [i for i, (_, part) in enumerate(parts)
+                     if any(isinstance(m, nn.Conv2d) for m in part.modules())]
+    if not convolutional or any(isinstance(m, nn.MultiheadAttention)
+                                for _, part in parts[convolutional[-1] + 1:]
+                                for m in part.modules()):
+        return None
+    return parts[convolutional[-1]][0]
 
 
 def forward_to(backbone: nn.Module, images: torch.Tensor, layer: str | None = None) -> torch.Tensor:
@@ -348,6 +362,11 @@ def _partial_base(path: Path, name: str) -> tuple[str, int] | None:
     return weights, int(seed or 0)
 
 
+def weights_fingerprint(weights: str | Path) -> str:
+    """SHA-256 of a weights file; "" for ``imagenet`` and ``none``, which name their weights."""
+    return "" if is_weights_keyword(weights) else file_sha256(Path(weights).expanduser())
+
+
 def file_sha256(path: Path) -> str:
     """Hex SHA-256 of a file ("" when it does not exist)."""
     if not path.is_file():
@@ -431,6 +450,17 @@ def layer_names(name: str) -> list[str]:
     """Every module name of a backbone a user may list in ``encoding.layers`` (transformer
     blocks also as ``<name>:cls`` and ``<name>:mean``)."""
     return list(_layer_names(get_backbone(name).name))
+
+
+def parameter_names(name: str) -> list[str]:
+    """Every parameter name of a backbone (what ``frozen`` names select from)."""
+    return list(_parameter_names(get_backbone(name).name))
+
+
+@functools.cache
+def _parameter_names(name: str) -> tuple[str, ...]:
+    model = alexnet(weights=None) if name == "alexnet" else _architecture(name)
+    return tuple(parameter for parameter, _ in model.named_parameters())
 
 
 @functools.cache

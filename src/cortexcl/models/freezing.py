@@ -38,15 +38,7 @@ def freeze_layers(module: nn.Module, names: Sequence[str]) -> list[str]:
         If a name selects no parameter.
     """
     parameters = dict(module.named_parameters())
-    selected: set[str] = set()
-    for name in names:
-        matched = {p for p in parameters if p == name or p.startswith(f"{name}.")}
-        if not matched:
-            layers = ", ".join(dict.fromkeys(p.rpartition(".")[0] for p in parameters))
-            raise InputError(
-                f"frozen layers: {name!r} selects no parameters; layers with parameters: {layers}"
-            )
-        selected |= matched
+    selected = _selected(list(parameters), names)
     for name in selected:
         parameters[name].requires_grad_(False)
     for name, submodule in module.named_modules():
@@ -54,6 +46,33 @@ def freeze_layers(module: nn.Module, names: Sequence[str]) -> list[str]:
                 name == frozen or name.startswith(f"{frozen}.") for frozen in names):
             submodule.register_forward_pre_hook(_running_statistics_kept)
     return [p for p in parameters if p in selected]
+
+
+def check_frozen(backbone: str, names: Sequence[str]) -> None:
+    """Refuse frozen names that select no parameter of the backbone ``backbone`` (before any
+    work; `freeze_layers` applies the same rule).
+
+    Raises
+    ------
+    InputError
+        Naming the first such name and the top-level parts a name may start with.
+    """
+    from cortexcl.models.backbones import parameter_names
+
+    _selected(parameter_names(backbone), names)
+
+
+def _selected(parameters: Sequence[str], names: Sequence[str]) -> set[str]:
+    """Parameters whose name equals a frozen name or starts with it plus a dot."""
+    selected: set[str] = set()
+    for name in names:
+        matched = {p for p in parameters if p == name or p.startswith(f"{name}.")}
+        if not matched:
+            parts = ", ".join(dict.fromkeys(p.split(".")[0] for p in parameters))
+            raise InputError(f"frozen layers: {name!r} selects no parameters; names start with "
+                             f"one of {parts} (`cortexcl layers NAME --all` lists the modules)")
+        selected |= matched
+    return selected
 
 
 def _running_statistics_kept(module: nn.Module, _: object) -> None:

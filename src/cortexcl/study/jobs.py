@@ -26,6 +26,7 @@ from cortexcl.data.nod import NOD_ROIS, nod_subject_name
 from cortexcl.encoding.pipeline import RESULT_FORMAT
 from cortexcl.evaluation.nod_transfer import nsd_counterpart
 from cortexcl.evaluation.transfer import transfer_method
+from cortexcl.models.backbones import weights_fingerprint
 from cortexcl.rundir import seed_folder
 
 DONE = "done.json"
@@ -156,9 +157,13 @@ def plan_jobs(config: StudyConfig, roi_sizes: Callable[[str, str, str], int]) ->
     hemispheres = config.selection.hemispheres
     rois = config.selection.rois
     minimum = config.selection.min_vertices
+    # A weights file's content counts too: another file at the same path is another backbone.
+    weights = weights_fingerprint(config.backbone.weights)
     common = config.digest("data", "split_seed", "backbone")
-    encoding = settings_digest(
-        config.digest("data", "split_seed", "backbone", "selection", "encoding"), RESULT_FORMAT)
+    encoding = config.digest("data", "split_seed", "backbone", "selection", "encoding")
+    if weights:
+        common, encoding = (settings_digest(part, weights) for part in (common, encoding))
+    encoding = settings_digest(encoding, RESULT_FORMAT)
     # The MI bound, computed by contrastive encodes.
     evaluation = settings_digest(config.evaluation.mutual_info, config.evaluation.temperature_scan)
     jobs: list[Job] = []
@@ -233,7 +238,8 @@ def plan_jobs(config: StudyConfig, roi_sizes: Callable[[str, str, str], int]) ->
     # Every section but how the jobs run (executor, device), which changes no result.
     results = [name for name in StudyConfig.model_fields if name != "execution"]
     jobs.append(Job("aggregate", "all", "all", depends_on=tuple(job.key for job in encodes),
-                    settings=config.digest(*results)))
+                    settings=settings_digest(config.digest(*results), weights) if weights
+                    else config.digest(*results)))
     return jobs
 
 

@@ -37,7 +37,12 @@ from cortexcl.evaluation.nod_transfer import NOD, nsd_counterpart, write_nod_tab
 from cortexcl.evaluation.single_subject import write_tables
 from cortexcl.evaluation.transfer import split_transfer, train_image_ids, write_matched_baselines
 from cortexcl.models import TUNING_METHODS
-from cortexcl.models.backbones import build_backbone, get_backbone, resolve_device
+from cortexcl.models.backbones import (
+    build_backbone,
+    get_backbone,
+    resolve_device,
+    weights_fingerprint,
+)
 from cortexcl.models.heads import check_roi_size, check_roi_sizes
 from cortexcl.report import build_report
 from cortexcl.rundir import RunDirectory
@@ -200,6 +205,7 @@ def run_study(config: StudyConfig, out: str | Path, *, dry_run: bool = False,
             datasets={name: context.subject(name).data_hash()
                       for name in map(subject_name, config.data.subjects)},
             extra={"backbone": config.backbone.name, "weights": config.backbone.weights,
+                   "weights_sha256": weights_fingerprint(config.backbone.weights) or None,
                    "data_root": str(context.data_root)})
         executor = make_executor(config.execution, run.root, progress=progress)
 
