@@ -188,3 +188,17 @@ def test_bad_input_is_a_one_line_error(bad_input_runs, case):
 def test_early_errors_print_nothing_else(bad_input_runs, case):
     _, _, stderr = bad_input_runs[case]
     assert len([line for line in stderr.splitlines() if line.strip()]) == 1, stderr
+
+
+def test_summary_notes_tuned_results_equal_to_the_untuned(monkeypatch):
+    lines = []
+    monkeypatch.setattr(cli, "_announce", lines.append)
+    table = pd.DataFrame({
+        "method": ["untuned", "cl", "cl"], "hemisphere": ["lh"] * 3, "roi": ["V1v", "V1v", "hV4"],
+        "best_layer": ["blocks.1", "blocks.1", "blocks.5"], "weights": ["imagenet"] * 3,
+        "delta_r_vs_untuned": [np.nan, 0.0, 0.01], "pct_improved_vs_untuned": [np.nan, 0.0, 60.0]})
+    cli._warn(table)
+    assert len(lines) == 1 and "1 tuned result(s) equal the untuned" in lines[0]
+    assert "lh V1v cl, layer blocks.1" in lines[0]
+    cli._warn(table.iloc[[0, 2]])
+    assert len(lines) == 1

@@ -132,7 +132,7 @@ def encode(
                        settings=settings, min_vertices=min_vertices, image_size=image_size,
                        device=device,
                        cache_dir=cache_dir, fresh=fresh, announce=_announce)
-    print_summary(table, f"Encoding results, {out}/tables/encoding.csv")
+    print_summary(table, f"Encoding results ({_networks(table)}), {out}/tables/encoding.csv")
     _warn(table)
 
 
@@ -279,7 +279,7 @@ def _finish_study(out: Path, report) -> None:
                 f"seeds)" if seeds > 1 else "p: permutation over test images, Holm over the "
                 "table's ROIs")
         print_summary(wide.drop(columns=rt), f"Mean test r per ROI and backbone, CL vs untuned "
-                      f"({tables}); {over}", every_column=True)
+                      f"({_networks(table)}; {tables}); {over}", every_column=True)
         if rt:
             keys = [c for c in ("subject", "hemisphere", "roi") if c in wide]
             print_summary(wide[keys + rt], "CL vs RT", every_column=True)
@@ -302,6 +302,12 @@ def _finish_study(out: Path, report) -> None:
 ALPHA_EDGE_WARNING = 50.0  # % of an ROI's vertices on an edge of the α grid
 
 
+def _networks(table: pd.DataFrame) -> str:
+    """The image networks of a results table, in words (``efficientnet_lite0``)."""
+    names = table["backbone"].dropna().unique() if "backbone" in table else []
+    return ", ".join(map(str, names)) or "network not recorded"
+
+
 def _warn(table: pd.DataFrame) -> None:
     """Notes under a summary: random initial weights, α grids that look too narrow."""
     from cortexcl.models.backbones import is_random_init
@@ -312,6 +318,14 @@ def _warn(table: pd.DataFrame) -> None:
     if random:
         _announce(f"note: {', '.join(random)} started from random weights (weights: none), not "
                   "ImageNet: the numbers show the pipeline, not the published science")
+    if "delta_r_vs_untuned" in table:
+        same = table[(table["delta_r_vs_untuned"] == 0) & (table["pct_improved_vs_untuned"] == 0)]
+        if not same.empty:
+            first = same.iloc[0]
+            _announce(f"note: {len(same)} tuned result(s) equal the untuned backbone's exactly "
+                      f"(e.g. {first['hemisphere']} {first['roi']} {first['method']}, layer "
+                      f"{first['best_layer']}): the chosen layer lies in a frozen stage, which "
+                      "tuning cannot change; list only trained stages in encoding.layers")
     if "n_constant" in table and (table["n_constant"] > 0).any():
         _announce(f"note: {int(table['n_constant'].sum())} vertices have constant measured or "
                   "predicted test responses and count as r = 0 in their ROI's mean (column "

@@ -36,10 +36,10 @@ CANDIDATE_LAYERS: tuple[str, ...] = (
 IMAGENET = "imagenet"
 RANDOM_INIT = "none"
 _STATE_SUFFIXES = (".safetensors", ".pt", ".pth")
-#: Header metadata of a ``.safetensors`` file that holds only the tensors tuning changed: the
-#: backbone and the weights (and seed) the missing tensors come from.
-PARTIAL_KEYS = ("cortexcl.backbone", "cortexcl.base_weights", "cortexcl.base_seed",
-                "cortexcl.base_sha256")
+#: Header entry of a ``.safetensors`` file that holds only the tensors tuning changed: JSON with
+#: the ``backbone``, and the ``weights``, ``seed`` (and a weights file's ``sha256``) the missing
+#: tensors come from. One entry, so the header is written the same way every time.
+PARTIAL_KEY = "cortexcl.base"
 
 
 def imagenet_checkpoint() -> Path:
@@ -301,7 +301,7 @@ def build_backbone(name: str = "alexnet", weights: str | Path = IMAGENET,
         caches (downloaded when missing). ``"none"``: a random initialisation drawn with
         ``seed``. A path: a state dict of this architecture in a ``.safetensors``, ``.pt`` or
         ``.pth`` file; a ``.safetensors`` file of a tuned model may hold only the tensors tuning
-        changed, and names in its header (`PARTIAL_KEYS`) the weights the others come from.
+        changed, and names in its header (`PARTIAL_KEY`) the weights the others come from.
     seed : int
         Seed of the random initialisation (``"none"`` only); torch's global random state is
         left unchanged.
@@ -351,9 +351,14 @@ def _partial_base(path: Path, name: str) -> tuple[str, int] | None:
         return None
     with safe_open(path, "pt") as reader:
         header = reader.metadata() or {}
-    if PARTIAL_KEYS[0] not in header:
+    if PARTIAL_KEY not in header:
         return None
-    backbone, weights, seed, digest = (header.get(key, "") for key in PARTIAL_KEYS)
+    try:
+        base = json.loads(header[PARTIAL_KEY])
+        backbone, weights, seed, digest = (base[key] for key in ("backbone", "weights", "seed",
+                                                                 "sha256"))
+    except (ValueError, KeyError, TypeError):
+        raise InputError(f"{path}: unreadable {PARTIAL_KEY} header entry") from None
     if _canonical(backbone) != name:
         raise InputError(f"{path}: tuned from {backbone}, not {name}")
     if digest and file_sha256(Path(weights)) != digest:

@@ -32,7 +32,7 @@ def classification_matrix(results: RunResults, out_dir: Path) -> ReportFigure | 
         return None
     dataset = str(table["dataset"].iloc[0])
     path = accuracy_matrix(table, out_dir / "classification.png",
-                           title=f"Probe top-1 accuracy (%), {dataset}")
+                           title=f"Probe top-1 accuracy, {dataset}")
     return ReportFigure(
         "classification", path, "Classification probes",
         f"Top-1 accuracy of a logistic-regression probe on each backbone's "
@@ -124,7 +124,8 @@ def saliency_overlays(results: RunResults, out_dir: Path) -> ReportFigure | None
     return ReportFigure(
         "saliency_examples", path, "Salience maps",
         "Attribution maps of the true class for the first probe-test images and their mirror "
-        "images (rows: models). Titles give LI and the class probability.")
+        "images (rows: models). Titles give LI and P(class), the probe's probability of the "
+        "true class (not a p-value).")
 
 
 DRAWERS: tuple[Drawer, ...] = (cross_subject_heatmaps, pooled_vs_cross_scatter,

@@ -471,6 +471,8 @@ def training_curves(results: RunResults, out_dir: Path, subject: str) -> ReportF
                  layout="constrained")
     axes = fig.subplots(len(methods), len(hemispheres), squeeze=False)
     shown: set[str] = set()
+    early: set[str] = set()
+    last = max(int(log["epoch"].max()) for entries in logs.values() for _, _, log in entries)
     for row, method in enumerate(methods):
         for col, hemisphere in enumerate(hemispheres):
             ax = axes[row, col]
@@ -481,6 +483,12 @@ def training_curves(results: RunResults, out_dir: Path, subject: str) -> ReportF
                 ax.plot(log["epoch"], log["train_loss"], **style)
                 if "val_loss" in log and log["val_loss"].notna().any():
                     ax.plot(log["epoch"], log["val_loss"], linestyle="--", **style)
+                    kept = _kept_epoch(model)
+                    if kept is not None and kept != int(log["epoch"].iloc[-1]):
+                        ax.plot(kept, log.set_index("epoch").loc[kept, "val_loss"], marker="*",
+                                markersize=11, color=colors[roi], markeredgecolor="black",
+                                linestyle="")
+                        early.add(roi)
                 shown.add(roi)
                 batches = _batch_sizes(model)
                 if method != "rt":
@@ -493,6 +501,7 @@ def training_curves(results: RunResults, out_dir: Path, subject: str) -> ReportF
                             va="top")
             ax.set_title(f"{method}, {hemisphere}", fontsize=10)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlim(0.5, last + 0.5)  # integer ticks even for a single epoch
             ax.set_xlabel("epoch")
             ax.set_ylabel("MSE" if method == "rt" else "InfoNCE (nats)")
             ax.grid(alpha=0.3)
@@ -500,6 +509,9 @@ def training_curves(results: RunResults, out_dir: Path, subject: str) -> ReportF
                if roi in shown]
     handles += [Line2D([], [], color="black", label="train"),
                 Line2D([], [], color="black", linestyle="--", label="validation")]
+    if early:
+        handles.append(Line2D([], [], color="white", marker="*", markersize=11,
+                              markeredgecolor="black", linestyle="", label="kept epoch"))
     if len(results.seeds) > 1:
         handles += [Line2D([], [], color="black", marker=_seed_marker(
             Path(seed_folder(seed)), results.seeds), linestyle="", label=f"seed {seed}")
@@ -515,6 +527,8 @@ def training_curves(results: RunResults, out_dir: Path, subject: str) -> ReportF
                f"validation batch (dash-dotted); a curve below its line has learned to match "
                f"images and responses. "
                f"Regression tuning (rt) shows its mean squared error."
+               + (" A star marks the epoch whose weights early stopping kept (the lowest "
+                  "validation loss)." if early else "")
                + (f" Each of the {len(results.seeds)} tuning seeds draws its own curves "
                   f"(markers); curves of seeds that behave alike lie on top of each other."
                   if len(results.seeds) > 1 else ""))
@@ -531,6 +545,14 @@ def _seed_marker(model_dir: Path, seeds: Sequence[int]) -> str:
         if name == seed_folder(seed):
             return SEED_MARKERS[position % len(SEED_MARKERS)]
     return SEED_MARKERS[0]
+
+
+def _kept_epoch(model_dir: Path) -> int | None:
+    """The epoch whose weights a tuned model kept (``kept_epoch`` of its meta), if recorded."""
+    try:
+        return int(json.loads((model_dir / "meta.json").read_text())["kept_epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _batch_sizes(model_dir: Path) -> dict[str, int]:

@@ -21,6 +21,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import PercentFormatter
 
 from cortexcl.data.algonauts import subject_name
 from cortexcl.data.rois import HEMISPHERES, ROI_NAMES, roi_class
@@ -135,7 +136,8 @@ def accuracy_matrix(table: pd.DataFrame, path: str | Path, *, value: str = "top1
     ax = fig.add_subplot()
     cmap = colormaps["viridis"].with_extremes(bad="#e0e0e0")
     image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, aspect="auto")
-    fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label=f"{value} accuracy")
+    fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label=f"{value} accuracy (%)",
+                 format=PercentFormatter(xmax=1, decimals=0))
     ax.set_xticks(range(n_columns), matrix.columns, rotation=45, ha="right")
     ax.set_yticks(range(n_rows), [f"{SIDES.get(h, h)} {r}" for h, r in matrix.index])
     ax.tick_params(length=0)
@@ -143,7 +145,7 @@ def accuracy_matrix(table: pd.DataFrame, path: str | Path, *, value: str = "top1
     for (i, j), number in np.ndenumerate(values):
         if np.isfinite(number):
             shade = "black" if norm(number) > 0.6 else "white"
-            ax.text(j, i, f"{100 * number:.1f}", ha="center", va="center", fontsize=6.5,
+            ax.text(j, i, f"{100 * number:.1f}", ha="center", va="center", fontsize=8,
                     color=shade)
     if "mean" in matrix.columns:
         ax.axvline(list(matrix.columns).index("mean") - 0.5, color="white", lw=2)

@@ -83,7 +83,7 @@ def draw_saliency_overlays(images: np.ndarray, models: Sequence[SaliencyExamples
                           vmin=0.0, vmax=1.0)
                 ax.set_xticks([])
                 ax.set_yticks([])
-                ax.set_title(f"LI {index:+.2f}  p {probability:.2f}", fontsize=8)
+                ax.set_title(f"LI {index:+.2f}  P(class) {probability:.2f}", fontsize=8)
                 if row == 0:
                     ax.text(0.5, 1.22, label, transform=ax.transAxes, ha="center", fontsize=8)
                 if 2 * i + column == 0:

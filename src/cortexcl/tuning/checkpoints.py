@@ -13,7 +13,12 @@ from torch import nn
 
 from cortexcl.atomic import atomic_write_bytes, atomic_write_json
 from cortexcl.errors import InputError
-from cortexcl.models.backbones import PARTIAL_KEYS, build_backbone, file_sha256, is_weights_keyword
+from cortexcl.models.backbones import (
+    PARTIAL_KEY,
+    build_backbone,
+    is_weights_keyword,
+    weights_fingerprint,
+)
 
 BACKBONE = "backbone.safetensors"
 HEADS = "heads.safetensors"
@@ -65,9 +70,9 @@ def save_tuned(out_dir: str | Path, model: nn.Module, meta: dict[str, Any], *,
         changed = trained | {n for n, _ in model.backbone.named_buffers()}
         if changed != set(backbone):
             weights = str(weights if is_weights_keyword(weights) else Path(weights).resolve())
-            header = dict(zip(PARTIAL_KEYS, (name, weights, str(int(seed)),
-                                             "" if is_weights_keyword(weights)
-                                             else file_sha256(Path(weights))), strict=True))
+            header = {PARTIAL_KEY: json.dumps({
+                "backbone": name, "weights": weights, "seed": int(seed),
+                "sha256": weights_fingerprint(weights)}, sort_keys=True)}
             backbone = {n: t for n, t in backbone.items() if n in changed}
     files = {BACKBONE: save(backbone, metadata=header), HEADS: save(heads)}
     if half_copy:
