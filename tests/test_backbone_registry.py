@@ -259,6 +259,9 @@ def test_probes_landscape_and_gradcam_saliency_on_efficientnet(tmp_path_factory,
     probes = pd.read_csv(root / "tables" / "classification.csv")
     assert sorted(probes["name"]) == ["cl__subj01__lh__V1v__seed-0", "untuned"]
     assert (probes["layer"] == "global_pool").all() and probes["top1"].between(0, 1).all()
+    by_name = probes.set_index("name")
+    assert np.isnan(by_name.loc["untuned", "seed"]) and (probes["probe_seed"] == 0).all()
+    assert by_name.loc["cl__subj01__lh__V1v__seed-0", "seed"] == 0
     assert np.load(next((root / "classification").glob("*/untuned/coef.npy"))).shape[1] == 1280
     distances = pd.read_csv(root / "tables" / "landscape_distances.csv", index_col="model")
     assert list(distances.index) == ["cl__subj01__lh__V1v__seed-0", "untuned", "oracle"]

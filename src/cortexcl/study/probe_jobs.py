@@ -186,10 +186,14 @@ def write_probe_tables(run: RunDirectory) -> None:
     """``classification.csv`` (one row per backbone) and the saliency tables."""
     folders = _probe_folders(run)
     if folders:
-        rows = [{**parse_backbone_name(folder.name),
-                 **json.loads((folder / "summary.json").read_text())} for folder in folders]
-        for row in rows:  # recorded in each summary.json; too long for a table cell
-            row.pop("transform", None)
+        rows = []
+        for folder in folders:
+            summary = json.loads((folder / "summary.json").read_text())
+            summary.pop("transform", None)  # recorded in each summary.json; too long for a cell
+            # "seed" of a probe is its split's; the table's seed is the backbone's tuning seed.
+            summary["probe_seed"] = summary.pop("seed", None)
+            identity = parse_backbone_name(folder.name)
+            rows.append({**identity, **{k: v for k, v in summary.items() if k not in identity}})
         atomic_write_csv(run.path("tables", "classification.csv"), pd.DataFrame(rows))
     b_values = {path.parent.name: pd.read_csv(path) for path in
                 sorted(run.path(SALIENCY).glob("*/lateralization.csv"))}
