@@ -104,7 +104,7 @@ def test_encode_writes_the_table_and_prints_a_summary(tmp_path, data_root, monke
     assert np.isfinite(table.mean_r).all() and table.n_vertices.tolist() == [36]
     assert pd.read_csv(out / "tables" / "excluded.csv").roi.tolist() == ["hV4"]
     printed = result.stdout.strip().splitlines()
-    assert f"Encoding results, {out}/tables/encoding.csv" in " ".join(
+    assert f"Encoding results (alexnet), {out}/tables/encoding.csv" in " ".join(
         line.strip() for line in printed[:3])
     row = next(line for line in printed if line.strip().startswith("subj01"))
     assert row.split()[:7] == ["subj01", "lh", "V1v", "untuned", "36", table.best_layer.iloc[0],

@@ -75,7 +75,7 @@ def _training_images(folder: Path) -> tuple[list[Path], np.ndarray]:
     Image ``train-NNNN`` is row NNNN - 1 of the fMRI arrays, so the numbers must run from 1 to
     the number of images without a gap or a repeat.
     """
-    return _numbered_images(folder, "train")
+    return _numbered_images(folder, "train", "training")
 
 
 def challenge_test_images(data_root: str | Path, subject: int | str) -> tuple[list[Path],
@@ -92,15 +92,15 @@ def challenge_test_images(data_root: str | Path, subject: int | str) -> tuple[li
     """
     folder = _require_dir(Path(data_root) / subject_name(subject) / "test_split" / "test_images",
                           "test images")
-    return _numbered_images(folder, "test")
+    return _numbered_images(folder, "test", "test")
 
 
-def _numbered_images(folder: Path, kind: str) -> tuple[list[Path], np.ndarray]:
+def _numbered_images(folder: Path, kind: str, what: str) -> tuple[list[Path], np.ndarray]:
     """``<kind>-NNNN_nsd-NNNNN.png`` files by number (1 … n, no gap or repeat), and NSD ids."""
     pattern = re.compile(rf"^{kind}-(\d+)_nsd-(\d+)\.png$")
     found = sorted(folder.glob("*.png"))
     if not found:
-        raise InputError(f"{folder}: no {kind} images (*.png)")
+        raise InputError(f"{folder}: no {what} images (*.png)")
     numbered = []
     for path in found:
         match = pattern.match(path.name)

@@ -68,9 +68,10 @@ def _selected(parameters: Sequence[str], names: Sequence[str]) -> set[str]:
     for name in names:
         matched = {p for p in parameters if p == name or p.startswith(f"{name}.")}
         if not matched:
-            parts = ", ".join(dict.fromkeys(p.split(".")[0] for p in parameters))
-            raise InputError(f"frozen layers: {name!r} selects no parameters; names start with "
-                             f"one of {parts} (`cortexcl layers NAME --all` lists the modules)")
+            parts = ", ".join(dict.fromkeys(
+                ".".join((p.rpartition(".")[0] or p).split(".")[:2]) for p in parameters))
+            raise InputError(f"frozen layers: {name!r} selects no parameters; parts with "
+                             f"parameters: {parts}")
         selected |= matched
     return selected
 
