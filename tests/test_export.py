@@ -82,6 +82,16 @@ def test_bad_requests_are_refused_before_anything_is_written(encoded, tmp_path):
     with pytest.raises(InputError, match="lh_pred_test.npy: exists already"):
         export_algonauts(run, tmp_path / "b", progress=False)
     assert (tmp_path / "b" / "subj01" / "lh_pred_test.npy").read_bytes() == b"keep"
+    with pytest.raises(InputError, match="no whole-hemisphere encoding of 'untuned' with seed 3;"
+                                         " the run has other, untuned"):
+        export_algonauts(run, tmp_path / "a", seed=3, progress=False)
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(InputError, match="file: not a folder"):
+        export_algonauts(run, tmp_path / "file", progress=False)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "export.csv").write_text("keep")
+    with pytest.raises(InputError, match="export.csv: exists already"):
+        export_algonauts(run, tmp_path / "d", progress=False)
     with pytest.raises(InputError, match="no such run directory"):
         export_algonauts(tmp_path / "nothing", tmp_path / "c", progress=False)
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()

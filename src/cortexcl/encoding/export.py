@@ -81,11 +81,7 @@ def export_algonauts(run_dir: str | Path, out: str | Path, *, method: str = "unt
     identity = _identity(run)
     results = _whole_hemisphere_results(run, method, seed)
     out = Path(out)
-    for subject in results:
-        for hemisphere in HEMISPHERES:
-            target = _prediction_file(out, subject, hemisphere)
-            if target.exists():
-                raise InputError(f"{target}: exists already; choose another output folder")
+    _check_output(out, results)
     settings = EncodingConfig(**{key: value for key, value in identity["encoding"].items()
                                  if key in EncodingConfig.model_fields})
     data_root, image_size = _data_source(run, identity)
@@ -146,9 +142,15 @@ def _whole_hemisphere_results(run: RunDirectory, method: str,
         found.setdefault(record["subject"], {}).setdefault(record["hemisphere"], [])
         found[record["subject"]][record["hemisphere"]].append(summary.parent)
     if not found:
+        present = sorted({(r["method"], r.get("seed")) for r in map(
+            lambda path: json.loads(path.read_text()), run.result_summaries())
+            if r.get("roi") == WHOLE_HEMISPHERE}, key=str)
+        if not present:
+            raise InputError(f"{run.root}: no whole-hemisphere encoding; encode with --roi all "
+                             f"(a study: selection.rois: [all])")
+        offered = ", ".join(m if s_ is None else f"{m} (seed {s_})" for m, s_ in present)
         raise InputError(f"{run.root}: no whole-hemisphere encoding of {method!r}"
-                         f"{'' if seed is None else f' (seed {seed})'}; encode with --roi all "
-                         f"(a study: selection.rois: [all])")
+                         f"{'' if seed is None else f' with seed {seed}'}; the run has {offered}")
     chosen: dict[str, dict[str, Path]] = {}
     for subject, hemispheres in sorted(found.items()):
         missing = [h for h in HEMISPHERES if h not in hemispheres]
@@ -161,6 +163,18 @@ def _whole_hemisphere_results(run: RunDirectory, method: str,
                                  f"choose one with --seed")
         chosen[subject] = {h: hemispheres[h][0] for h in HEMISPHERES}
     return chosen
+
+
+def _check_output(out: Path, results: dict[str, dict[str, Path]]) -> None:
+    """Refuse an output that is a file, or that holds this export's files already."""
+    for folder in (out, *(out / subject for subject in results)):
+        if folder.exists() and not folder.is_dir():
+            raise InputError(f"{folder}: not a folder; choose another output folder")
+    targets = [out / "export.csv", *(_prediction_file(out, subject, hemisphere)
+                                     for subject in results for hemisphere in HEMISPHERES)]
+    for target in targets:
+        if target.exists():
+            raise InputError(f"{target}: exists already; choose another output folder")
 
 
 def _prediction_file(out: Path, subject: str, hemisphere: str) -> Path:
