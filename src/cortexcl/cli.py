@@ -27,7 +27,7 @@ console = Console(stderr=True)
 stdout = Console(width=None if sys.stdout.isatty() else 120)  # logs keep whole tables
 
 DEMO_OUT = Path("cortexcl-demo")
-Device = Annotated[str | None, typer.Option(help="cpu or cuda; default: cuda if present.")]
+Device = Annotated[str | None, typer.Option(help="auto, cpu or cuda; auto = cuda if present.")]
 Hemispheres = Annotated[list[str], typer.Option("--hemisphere", "-H", help="lh and/or rh.")]
 Rois = Annotated[list[str], typer.Option(
     "--roi", "-r", help="ROI names or groups (early, higher, streams, early+higher); "
