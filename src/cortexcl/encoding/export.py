@@ -26,7 +26,7 @@ from cortexcl.data.rois import HEMISPHERES, WHOLE_HEMISPHERE
 from cortexcl.data.splits import Split
 from cortexcl.encoding.features import extract_features
 from cortexcl.encoding.model import EncodingModel
-from cortexcl.encoding.pipeline import SHARED_SELECTION, TEST_PREDICTION
+from cortexcl.encoding.pipeline import TEST_PREDICTION, read_shared_selection
 from cortexcl.errors import InputError
 from cortexcl.models.backbones import RANDOM_INIT, build_backbone, get_backbone
 from cortexcl.rundir import RunDirectory
@@ -112,11 +112,10 @@ def export_algonauts(run_dir: str | Path, out: str | Path, *, method: str = "unt
 
 
 def _identity(run: RunDirectory) -> dict:
-    path = run.path("run.json")
-    try:
-        return json.loads(path.read_text())["settings"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise InputError(f"{path}: not a cortexcl run directory (no readable run.json)") from None
+    identity = run.identity()
+    if not identity or not isinstance(identity.get("settings"), dict):
+        raise InputError(f"{run.root}: not a cortexcl run directory (no readable run.json)")
+    return identity["settings"]
 
 
 def _data_source(run: RunDirectory, identity: dict) -> tuple[Path, int]:
@@ -132,19 +131,16 @@ def _data_source(run: RunDirectory, identity: dict) -> tuple[Path, int]:
 def _whole_hemisphere_results(run: RunDirectory, method: str,
                               seed: int | None) -> dict[str, dict[str, Path]]:
     """``{subject: {hemisphere: result folder}}`` of the whole-hemisphere encodings."""
+    records = {path.parent: json.loads(path.read_text()) for path in run.result_summaries()}
+    whole = {folder: r for folder, r in records.items() if r.get("roi") == WHOLE_HEMISPHERE}
     found: dict[str, dict[str, list[Path]]] = {}
-    for summary in run.result_summaries():
-        record = json.loads(summary.read_text())
-        if record.get("roi") != WHOLE_HEMISPHERE or record.get("method") != method:
-            continue
-        if seed is not None and record.get("seed") != seed:
+    for folder, record in whole.items():
+        if record.get("method") != method or (seed is not None and record.get("seed") != seed):
             continue
         found.setdefault(record["subject"], {}).setdefault(record["hemisphere"], [])
-        found[record["subject"]][record["hemisphere"]].append(summary.parent)
+        found[record["subject"]][record["hemisphere"]].append(folder)
     if not found:
-        present = sorted({(r["method"], r.get("seed")) for r in map(
-            lambda path: json.loads(path.read_text()), run.result_summaries())
-            if r.get("roi") == WHOLE_HEMISPHERE}, key=str)
+        present = sorted({(r["method"], r.get("seed")) for r in whole.values()}, key=str)
         if not present:
             raise InputError(f"{run.root}: no whole-hemisphere encoding; encode with --roi all "
                              f"(a study: selection.rois: [all])")
@@ -204,8 +200,6 @@ def _predict_hemisphere(run: RunDirectory, subject: Subject, tests: ImageStore,
                          progress=progress)[layer]
         for part, store in (("train", subject.images), ("test", tests))])
     responses = subject.responses(hemisphere)
-    if responses.shape[1] != subject.n_vertices(hemisphere):
-        raise InputError(f"{subject.root}: {hemisphere} responses do not match its masks")
     recorded = Split.load(run.split_path(subject.name))
     run_test = np.load(folder / "test_rows.npy")
     challenge = subject.n_images + np.arange(len(tests))
@@ -217,10 +211,10 @@ def _predict_hemisphere(run: RunDirectory, subject: Subject, tests: ImageStore,
     options = {"n_components": settings.n_components, "refit": settings.refit,
                "standardize": settings.standardize, "alpha_scale": settings.alpha_grid,
                "progress": progress}
-    shared = run.encoding_dir(subject.name, hemisphere, WHOLE_HEMISPHERE, "untuned") \
-        / SHARED_SELECTION
-    if settings.selection == "shared-untuned" and shared.is_file():
-        options["alphas"] = [float(json.loads(shared.read_text())["alpha"])]
+    if settings.selection == "shared-untuned":  # the untuned backbone's α, as the run used
+        _, alpha = read_shared_selection(run, subject.name, [hemisphere],
+                                         [WHOLE_HEMISPHERE])[hemisphere, WHOLE_HEMISPHERE]
+        options["alphas"] = [alpha]
     model = EncodingModel(**options).fit({layer: features}, padded, split)
     predictions = model.predictions_.astype(np.float32)
     stored = np.load(folder / TEST_PREDICTION)

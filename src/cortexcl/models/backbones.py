@@ -255,6 +255,8 @@ def output_size(model: nn.Module) -> int:
 
 def _architecture(name: str) -> nn.Module:
     """The network ``name`` with random weights (the global random state is used)."""
+    if name == "alexnet":
+        return alexnet(weights=None)
     family, _, model = name.partition(":")
     if name in LITE_MODELS:
         family, model = "timm", LITE_MODELS[name]
@@ -318,7 +320,7 @@ def build_backbone(name: str = "alexnet", weights: str | Path = IMAGENET,
     spec = get_backbone(name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
-        model = alexnet(weights=None) if name == "alexnet" else _architecture(name)
+        model = _architecture(name)
     if isinstance(weights, str) and weights.lower() == RANDOM_INIT:
         return model.eval()
     if isinstance(weights, str) and weights.lower() == IMAGENET:
@@ -464,14 +466,13 @@ def parameter_names(name: str) -> list[str]:
 
 @functools.cache
 def _parameter_names(name: str) -> tuple[str, ...]:
-    model = alexnet(weights=None) if name == "alexnet" else _architecture(name)
-    return tuple(parameter for parameter, _ in model.named_parameters())
+    return tuple(parameter for parameter, _ in _architecture(name).named_parameters())
 
 
 @functools.cache
 def _layer_names(name: str) -> tuple[str, ...]:
     spec = get_backbone(name)
-    model = alexnet(weights=None) if spec.name == "alexnet" else _architecture(spec.name)
+    model = _architecture(spec.name)
     names = [module for module, _ in model.named_modules() if module]
     if any(":" in layer for layer in spec.layers):
         blocks = [n for n in names if n.startswith("blocks.") and n.count(".") == 1]

@@ -159,11 +159,14 @@ def plan_jobs(config: StudyConfig, roi_sizes: Callable[[str, str, str], int]) ->
     minimum = config.selection.min_vertices
     # A weights file's content counts too: another file at the same path is another backbone.
     weights = weights_fingerprint(config.backbone.weights)
-    common = config.digest("data", "split_seed", "backbone")
-    encoding = config.digest("data", "split_seed", "backbone", "selection", "encoding")
-    if weights:
-        common, encoding = (settings_digest(part, weights) for part in (common, encoding))
-    encoding = settings_digest(encoding, RESULT_FORMAT)
+
+    def digest(*sections: str) -> str:
+        part = config.digest(*sections)
+        return settings_digest(part, weights) if weights else part
+
+    common = digest("data", "split_seed", "backbone")
+    encoding = settings_digest(digest("data", "split_seed", "backbone", "selection", "encoding"),
+                               RESULT_FORMAT)
     # The MI bound, computed by contrastive encodes.
     evaluation = settings_digest(config.evaluation.mutual_info, config.evaluation.temperature_scan)
     jobs: list[Job] = []
@@ -238,8 +241,7 @@ def plan_jobs(config: StudyConfig, roi_sizes: Callable[[str, str, str], int]) ->
     # Every section but how the jobs run (executor, device), which changes no result.
     results = [name for name in StudyConfig.model_fields if name != "execution"]
     jobs.append(Job("aggregate", "all", "all", depends_on=tuple(job.key for job in encodes),
-                    settings=settings_digest(config.digest(*results), weights) if weights
-                    else config.digest(*results)))
+                    settings=digest(*results)))
     return jobs
 
 
