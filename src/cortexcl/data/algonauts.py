@@ -159,23 +159,66 @@ def _check_finite(fmri: np.ndarray, path: Path) -> None:
             )
 
 
-class Subject:
-    """One subject of an Algonauts-layout dataset: images, responses and ROI index.
+def check_ncsnr(ncsnr: np.ndarray, path: Path, n_vertices: int, hemisphere: str) -> np.ndarray:
+    """``ncsnr`` as float64 after checking it: one finite value >= 0 per vertex.
 
-    Create it with :func:`load_subject`, which validates every file.
+    Raises
+    ------
+    InputError
+        Naming ``path``, if the shape differs from ``(n_vertices,)`` or a value is NaN,
+        infinite or negative.
+    """
+    ncsnr = np.asarray(ncsnr)
+    if ncsnr.shape != (n_vertices,):
+        raise InputError(f"{path}: shape {ncsnr.shape} but the {hemisphere} responses have "
+                         f"{n_vertices} vertices")
+    if not np.issubdtype(ncsnr.dtype, np.number) or not np.all(np.isfinite(ncsnr)):
+        bad = int(np.sum(~np.isfinite(ncsnr))) if np.issubdtype(ncsnr.dtype, np.number) else 0
+        raise InputError(f"{path}: {bad} {'entry is' if bad == 1 else 'entries are'} "
+                         "NaN or infinite; ncsnr must be finite and >= 0")
+    if np.any(ncsnr < 0):
+        bad = int(np.sum(ncsnr < 0))
+        raise InputError(f"{path}: {bad} negative {'entry' if bad == 1 else 'entries'}"
+                         "; ncsnr must be >= 0")
+    return ncsnr.astype(np.float64)
+
+
+def _simulated_noise(root: Path, n_vertices: dict[str, int], n_images: int
+                     ) -> tuple[dict[str, np.ndarray] | None, np.ndarray | None]:
+    """ncsnr and repeat counts of a simulated subject (``ground_truth/``), or None, None."""
+    folder = root / "ground_truth"
+    paths = {h: folder / f"{h}_ncsnr.npy" for h in HEMISPHERES}
+    repeats_path = folder / "n_repeats.npy"
+    if not (repeats_path.is_file() and all(path.is_file() for path in paths.values())):
+        return None, None
+    ncsnr = {h: check_ncsnr(np.load(path, allow_pickle=False), path, n_vertices[h], h)
+             for h, path in paths.items()}
+    repeats = np.load(repeats_path, allow_pickle=False)
+    if repeats.shape != (n_images,):
+        raise InputError(f"{repeats_path}: shape {repeats.shape} but there are {n_images} images")
+    if not np.issubdtype(repeats.dtype, np.number) or not np.all(repeats >= 1):
+        raise InputError(f"{repeats_path}: repeat counts must be numbers >= 1")
+    return ncsnr, repeats.astype(np.int64)
+
+
+class Subject:
+    """One subject: images, responses and ROI index, read from any layout with fsaverage ROIs.
+
+    Create it with :func:`load_subject` (Algonauts 2023 layout) or
+    `cortexcl.data.nsd.load_nsd_subject` (native NSD release), which validate every file.
 
     Attributes
     ----------
     name : str
         Folder name, e.g. ``"subj01"``.
     root : Path
-        The subject folder ``<data_root>/subjNN``.
+        The subject folder.
     images : ImageStore
-        Training images in sorted file order; row i of the fMRI arrays is image i.
+        The images; row i of the responses is image i.
     image_ids : numpy.ndarray
-        NSD id of every training image (int64).
+        NSD id of every image (int64).
     n_images : int
-        Number of training images.
+        Number of images.
     """
 
     def __init__(
@@ -188,6 +231,12 @@ class Subject:
         n_vertices: dict[str, int],
         labels: dict[tuple[str, str], np.ndarray],
         fsaverage_index: dict[str, np.ndarray],
+        *,
+        ncsnr: dict[str, np.ndarray] | None = None,
+        n_repeats: np.ndarray | None = None,
+        notes: dict[str, dict[str, int]] | None = None,
+        held_out: np.ndarray | None = None,
+        hash_files: Sequence[Path] | None = None,
     ) -> None:
         self.name = name
         self.root = root
@@ -198,6 +247,12 @@ class Subject:
         self._n_vertices = n_vertices
         self._labels = labels
         self._fsaverage_index = fsaverage_index
+        self._ncsnr = ncsnr
+        self._n_repeats = n_repeats
+        self._notes = notes or {}
+        self._held_out = held_out
+        self._hash_files = list(hash_files) if hash_files is not None else [
+            *fmri_paths.values(), *sorted((root / "roi_masks").glob("*.npy"))]
         self._data_hash: str | None = None
 
     def __repr__(self) -> str:
@@ -293,17 +348,28 @@ class Subject:
         return self._fsaverage_index[check_hemisphere(hemisphere)].copy()
 
     def data_notes(self, hemisphere: str) -> dict[str, int]:
-        """Counts of what reading the data changed (none for this layout; see NODSubject)."""
-        check_hemisphere(hemisphere)
-        return {}
+        """Counts of what reading the data changed, e.g. ``n_nan_vertices`` excluded by the NSD
+        reader (empty for the Algonauts layout)."""
+        return dict(self._notes.get(check_hemisphere(hemisphere), {}))
+
+    @property
+    def n_repeats(self) -> np.ndarray | None:
+        """Trials averaged into each image's response (int64, n_images), when known."""
+        return None if self._n_repeats is None else self._n_repeats.copy()
+
+    def held_out_images(self) -> np.ndarray | None:
+        """Images shown only in the held-out (last three) sessions: the test part of ``split:
+        sessions`` (int64 rows, ascending), or None for a layout without sessions."""
+        return None if self._held_out is None else self._held_out.copy()
 
     def noise_ceiling(
         self, hemisphere: str, indices: np.ndarray | None = None
     ) -> np.ndarray | None:
         """Return the noise ceiling of every vertex when the dataset provides it.
 
-        Simulated subjects store ``ground_truth/{hemi}_ncsnr.npy`` and
-        ``ground_truth/n_repeats.npy``; real Algonauts subjects do not.
+        It needs NSD's per-vertex ncsnr and each image's repeat count: the native NSD reader
+        has both, an Algonauts subject has them when ``ncsnr`` points to the NSD release (or,
+        simulated, from its ``ground_truth`` folder).
 
         Parameters
         ----------
@@ -314,48 +380,24 @@ class Subject:
         Returns
         -------
         numpy.ndarray or None
-            Fraction of explainable variance per vertex (docs/method.md §3.4), or None when the
-            subject has no noise-ceiling data.
+            float64 (n_vertices,) fraction of explainable variance per vertex
+            (`cortexcl.metrics.noise_ceiling`), or None without noise-ceiling data.
         """
         check_hemisphere(hemisphere)
-        folder = self.root / "ground_truth"
-        ncsnr_path = folder / f"{hemisphere}_ncsnr.npy"
-        repeats_path = folder / "n_repeats.npy"
-        if not (ncsnr_path.is_file() and repeats_path.is_file()):
+        if self._ncsnr is None or self._n_repeats is None:
             return None
         from cortexcl.metrics import noise_ceiling
 
-        ncsnr = np.load(ncsnr_path, allow_pickle=False)
-        repeats = np.load(repeats_path, allow_pickle=False)
-        if ncsnr.shape != (self._n_vertices[hemisphere],):
-            raise InputError(
-                f"{ncsnr_path}: shape {ncsnr.shape} but the {hemisphere} fMRI has "
-                f"{self._n_vertices[hemisphere]} columns"
-            )
-        if not np.issubdtype(ncsnr.dtype, np.number) or not np.all(np.isfinite(ncsnr)):
-            bad = int(np.sum(~np.isfinite(ncsnr)))
-            raise InputError(f"{ncsnr_path}: {bad} {'entry is' if bad == 1 else 'entries are'} "
-                             "NaN or infinite; ncsnr must be finite and >= 0")
-        if np.any(ncsnr < 0):
-            bad = int(np.sum(ncsnr < 0))
-            raise InputError(f"{ncsnr_path}: {bad} negative {'entry' if bad == 1 else 'entries'}"
-                             "; ncsnr must be >= 0")
-        if repeats.shape != (self.n_images,):
-            raise InputError(
-                f"{repeats_path}: shape {repeats.shape} but there are {self.n_images} images"
-            )
-        if not np.issubdtype(repeats.dtype, np.number) or not np.all(repeats >= 1):
-            raise InputError(f"{repeats_path}: repeat counts must be numbers >= 1")
+        repeats = self._n_repeats
         if indices is not None:
             repeats = repeats[np.asarray(indices, dtype=np.int64)]
-        return noise_ceiling(ncsnr, repeats)
+        return noise_ceiling(self._ncsnr[hemisphere], repeats)
 
     def data_hash(self) -> str:
-        """Short hex hash of the fMRI files, the ROI masks and the images (for manifests)."""
+        """Short hex hash of the response and ROI files and the images (for manifests)."""
         if self._data_hash is None:
             digest = hashlib.blake2b(digest_size=8)
-            mask_files = sorted((self.root / "roi_masks").glob("*.npy"))
-            for path in [*self._fmri_paths.values(), *mask_files]:
+            for path in self._hash_files:
                 digest.update(f"{path.name}\0".encode())
                 with open(path, "rb") as handle:
                     while chunk := handle.read(_HASH_CHUNK):
@@ -428,6 +470,7 @@ def load_subject(
     }
     fsaverage_index = {h: read_fsaverage_index(roi_dir, h, n_vertices[h]) for h in HEMISPHERES}
 
+    ncsnr, n_repeats = _simulated_noise(root, n_vertices, len(paths))
     images = ImageStore(paths, size=image_size, cache_dir=cache_dir, progress=progress)
     return Subject(
         name=name,
@@ -438,4 +481,6 @@ def load_subject(
         n_vertices=n_vertices,
         labels=labels,
         fsaverage_index=fsaverage_index,
+        ncsnr=ncsnr,
+        n_repeats=n_repeats,
     )

@@ -128,6 +128,11 @@ def _decode_image(path: Path, size: int, fit: str = "stretch") -> np.ndarray:
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
         reason = str(error).replace(f"'{path}'", "").replace(str(path), "").strip(" :")
         raise InputError(f"{path}: cannot decode image ({reason})") from None
+    return _fit(rgb, size, fit)
+
+
+def _fit(rgb: Image.Image, size: int, fit: str) -> np.ndarray:
+    """An RGB picture resized to a uint8 (size, size, 3) array, stretched or centre-cropped."""
     if fit == "crop" and rgb.width != rgb.height:
         rgb = transforms.CenterCrop(size)(transforms.Resize(size)(rgb))
     elif rgb.size != (size, size):
@@ -203,7 +208,7 @@ class ImageStore:
         self._views: dict[tuple[tuple[float, ...], tuple[float, ...]], ImageStore] = {}
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self._byte_sizes)
 
     def __repr__(self) -> str:
         return f"ImageStore({len(self)} images, size={self.size}, cache_dir={self.cache_dir})"
@@ -228,6 +233,11 @@ class ImageStore:
         digest.update(f"{_CACHE_VERSION}\0size={self.size}\0n={len(self)}\0".encode())
         if self.fit != "stretch":  # stretched caches keep their earlier keys
             digest.update(f"fit={self.fit}\0".encode())
+        self._identify(digest)
+        return digest.hexdigest()
+
+    def _identify(self, digest: hashlib.blake2b) -> None:
+        """Add what identifies the images to ``digest``: file names, sizes and contents."""
         content = hashlib.blake2b(digest_size=32)
         bar = tqdm(
             total=sum(self._byte_sizes),
@@ -247,7 +257,6 @@ class ImageStore:
                 except OSError as error:
                     raise InputError(f"{path}: cannot read image file ({error})") from None
         digest.update(content.digest())
-        return digest.hexdigest()
 
     @property
     def cache_path(self) -> Path:
@@ -304,11 +313,7 @@ class ImageStore:
             with bar, ThreadPoolExecutor(max_workers=self.workers) as pool:
                 for start in range(0, len(self), chunk):
                     stop = min(start + chunk, len(self))
-                    decoded = pool.map(
-                        _decode_image, self.paths[start:stop], [self.size] * (stop - start),
-                        [self.fit] * (stop - start)
-                    )
-                    for index, image in enumerate(decoded, start):
+                    for index, image in enumerate(self._decode(pool, start, stop), start):
                         out[index] = image
                         bar.update()
             out.flush()
@@ -320,6 +325,11 @@ class ImageStore:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
             raise
+
+    def _decode(self, pool: ThreadPoolExecutor, start: int, stop: int) -> Iterator[np.ndarray]:
+        """Images ``start`` to ``stop`` (exclusive), decoded and resized, in order."""
+        return pool.map(_decode_image, self.paths[start:stop], [self.size] * (stop - start),
+                        [self.fit] * (stop - start))
 
     def _index(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         index = np.asarray(indices, dtype=np.int64).reshape(-1)
@@ -380,3 +390,81 @@ class ImageStore:
         index = self._index(indices)
         for start in range(0, index.size, batch_size):
             yield self.tensor(index[start : start + batch_size], device)
+
+
+class HDF5ImageStore(ImageStore):
+    """Images stored as rows of a uint8 (N, H, W, 3) HDF5 dataset, such as NSD's ``imgBrick``.
+
+    Only the rows ``indices`` are read (once, when the cache is built); row i of every array and
+    tensor is dataset row ``indices[i]``. The cache key names the file by its name, byte size and
+    modification time and the rows read, not by its content: hashing a 37 GB file at every load
+    would cost more than decoding the images.
+
+    Parameters
+    ----------
+    path : str or Path
+        The HDF5 file.
+    dataset : str
+        Name of the image dataset in it.
+    indices : array_like of int
+        Dataset rows, in the order wanted.
+    size, cache_dir, progress, fit
+        As for `ImageStore`.
+
+    Raises
+    ------
+    InputError
+        If the file cannot be opened, lacks the dataset, the dataset is not uint8
+        (N, H, W, 3), or a row is out of range.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        dataset: str,
+        indices: Sequence[int] | np.ndarray,
+        size: int = 224,
+        cache_dir: str | Path | None = None,
+        progress: bool = True,
+        fit: str = "stretch",
+    ) -> None:
+        import h5py
+
+        path = Path(path)
+        rows = np.asarray(indices, dtype=np.int64).reshape(-1)
+        try:
+            with h5py.File(path, "r") as handle:
+                if dataset not in handle:
+                    raise InputError(f"{path}: no dataset {dataset!r} (found: "
+                                     f"{', '.join(sorted(handle)) or 'none'})")
+                images = handle[dataset]
+                shape, dtype = images.shape, images.dtype
+        except OSError as error:
+            raise InputError(f"{path}: not a readable HDF5 file ({error})") from None
+        if len(shape) != 4 or shape[-1] != 3 or dtype != np.uint8:
+            raise InputError(f"{path}: {dataset} must be a uint8 (images, height, width, 3) "
+                             f"array, found {dtype} {shape}")
+        if rows.size and (rows.min() < 0 or rows.max() >= shape[0]):
+            raise InputError(f"{path}: {dataset} has {shape[0]} images but image "
+                             f"{int(rows.max() if rows.max() >= shape[0] else rows.min())} "
+                             "is asked for")
+        super().__init__([path] * rows.size, size=size, cache_dir=cache_dir, progress=progress,
+                         fit=fit)
+        self.dataset = dataset
+        self.rows = rows
+
+    def _identify(self, digest: hashlib.blake2b) -> None:
+        stat = self.paths[0].stat()
+        digest.update(f"hdf5\0{self.paths[0].name}\0{self.dataset}\0{stat.st_size}\0"
+                      f"{stat.st_mtime_ns}\0".encode())
+        digest.update(self.rows.tobytes())
+
+    def _decode(self, pool: ThreadPoolExecutor, start: int, stop: int) -> Iterator[np.ndarray]:
+        import h5py
+
+        wanted = self.rows[start:stop]
+        unique, inverse = np.unique(wanted, return_inverse=True)  # h5py reads increasing rows
+        with h5py.File(self.paths[0], "r") as handle:
+            block = handle[self.dataset][unique]
+        return pool.map(lambda row: _fit(Image.fromarray(block[row]), self.size, self.fit),
+                        inverse.reshape(-1))

@@ -31,7 +31,7 @@ worker threads.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -99,14 +99,15 @@ def _render(task: tuple[int, int, int, str, bool]):
     return annotation, fine, coarse, brain.category_maps(annotation)
 
 
-def _map_tasks(tasks: list, workers: int) -> Iterator:
-    """Results in task order. Threads suffice: FFTs, array arithmetic and PNG encoding release
-    the GIL, and unlike processes they need no ``if __name__ == "__main__"`` guard in scripts."""
+def map_tasks(function: Callable, tasks: list, workers: int) -> Iterator:
+    """``function`` over ``tasks``, results in task order. Threads suffice: FFTs, array
+    arithmetic and PNG encoding release the GIL, and unlike processes they need no
+    ``if __name__ == "__main__"`` guard in scripts."""
     if workers <= 1 or len(tasks) < _PARALLEL_MIN_IMAGES:
-        yield from map(_render, tasks)
+        yield from map(function, tasks)
         return
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        yield from pool.map(_render, tasks)
+        yield from pool.map(function, tasks)
 
 
 def default_workers() -> int:
@@ -139,7 +140,7 @@ def _render_images(
     features = tuple(np.empty((len(ids), *s), np.float32) for s in shapes) if featurise else None
     annotations = []
     bar = tqdm(total=len(ids), desc=label, unit="img", disable=not progress)
-    for i, (annotation, *values) in enumerate(_map_tasks(tasks, workers)):
+    for i, (annotation, *values) in enumerate(map_tasks(_render, tasks, workers)):
         annotations.append({"file": names[i], "nsd_id": int(ids[i]), **annotation})
         for array, value in zip(features or (), values, strict=False):
             array[i] = value
