@@ -36,32 +36,56 @@ Rois = Annotated[list[str], typer.Option(
 
 @app.command()
 def simulate(
-    out: Annotated[Path, typer.Argument(help="Data root; the subject goes to OUT/subjNN.")],
+    out: Annotated[Path, typer.Argument(help="Data root; the subject goes to OUT/subjNN "
+                                             "(layout nsd: the NSD release folders).")],
     subject: Annotated[int, typer.Option(help="Subject number.")] = 1,
-    n_images: Annotated[int, typer.Option(help="Training images.")] = 1000,
-    n_test_images: Annotated[int, typer.Option(help="Challenge test images (no fMRI).")] = 50,
+    layout: Annotated[str, typer.Option(
+        help="algonauts (the Algonauts 2023 release) or nsd (the native NSD release).")
+    ] = "algonauts",
+    n_images: Annotated[int, typer.Option(help="Training images (nsd: images shown).")] = 1000,
+    n_test_images: Annotated[int, typer.Option(
+        help="Challenge test images (no fMRI; algonauts only).")] = 50,
+    n_sessions: Annotated[int, typer.Option(help="Scan sessions (nsd only).")] = 8,
+    nan_vertices: Annotated[int, typer.Option(
+        help="Left-hemisphere vertices with NaN betas in one session (nsd only).")] = 0,
     image_size: Annotated[int, typer.Option(help="Image side in pixels.")] = 256,
     roi_masks: Annotated[Path | None, typer.Option(
-        help="Copy the masks from this real Algonauts roi_masks folder.")] = None,
+        help="Copy the masks from this real Algonauts roi_masks folder (algonauts only).")
+    ] = None,
     roi_scale: Annotated[float, typer.Option(
         help="Scale of the synthetic ROI sizes (real counts of --reference-subject).")] = 0.1,
     reference_subject: Annotated[int, typer.Option(
         help="NSD subject whose ROI sizes the synthetic masks copy.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed of everything simulated.")] = 0,
 ) -> None:
-    """Write a simulated subject with a known ground truth in the Algonauts 2023 layout."""
+    """Write a simulated subject with a known ground truth in the Algonauts 2023 or NSD
+    layout."""
     from cortexcl.data.algonauts import subject_name
-    from cortexcl.data.simulate import simulate_subject
+    from cortexcl.data.simulate import simulate_nsd, simulate_subject
 
-    existing = out / subject_name(subject)
+    if layout not in ("algonauts", "nsd"):
+        raise InputError(f"--layout: expected algonauts or nsd, got {layout!r}")
+    wrong = [option for option, given in (
+        ("--n-test-images", n_test_images != 50), ("--roi-masks", roi_masks is not None),
+        ("--n-sessions", n_sessions != 8), ("--nan-vertices", nan_vertices != 0))
+        if given and (option in ("--n-sessions", "--nan-vertices")) != (layout == "nsd")]
+    if wrong:
+        raise InputError(f"{', '.join(wrong)}: not an option of --layout {layout}")
+    existing = (out / "ground_truth" if layout == "nsd" else out) / subject_name(subject)
     if existing.exists():  # it may be real data: never replaced from the command line
         raise InputError(f"{existing}: already exists; choose another data root or --subject, "
                          "or remove it first")
     with _options_named("--"):
-        path = simulate_subject(out, subject=subject, n_images=n_images,
-                                n_test_images=n_test_images, image_size=image_size,
-                                roi_masks=roi_masks, roi_scale=roi_scale,
-                                reference_subject=reference_subject, seed=seed)
+        if layout == "nsd":
+            path = simulate_nsd(out, subject=subject, n_images=n_images, n_sessions=n_sessions,
+                                image_size=image_size, roi_scale=roi_scale,
+                                reference_subject=reference_subject, seed=seed,
+                                nan_vertices=nan_vertices)
+        else:
+            path = simulate_subject(out, subject=subject, n_images=n_images,
+                                    n_test_images=n_test_images, image_size=image_size,
+                                    roi_masks=roi_masks, roi_scale=roi_scale,
+                                    reference_subject=reference_subject, seed=seed)
     stdout.print(f"simulated subject written to {path}")
 
 

@@ -69,16 +69,43 @@ class SimulationConfig(_Strict):
     image_size: int = Field(256, ge=16)
     roi_scale: float = Field(0.1, gt=0)
     reference_subject: int = Field(1, ge=1, le=8)
+    n_sessions: int = Field(8, ge=4, le=99, description="scan sessions (layout nsd)")
     seed: int = 0
 
 
 class DataConfig(_Strict):
-    """Where the subjects come from: an Algonauts 2023 root, or a simulation if ``root`` is null."""
+    """Where the subjects come from: a dataset root of a layout, or a simulation if ``root`` is
+    null."""
 
+    layout: Literal["algonauts", "nsd"] = Field(
+        "algonauts", description="algonauts: the Algonauts 2023 challenge release; nsd: the "
+                                 "native NSD release (fsaverage betas)")
     root: Path | None = None
     simulate: SimulationConfig = SimulationConfig()
     subjects: list[int] = Field(default_factory=lambda: [1], min_length=1)
     image_size: int = Field(224, ge=64, description="network input size (AlexNet needs ≥ 64)")
+    sessions: tuple[int, int] | None = Field(
+        None, description="layout nsd: first and last scan session read, e.g. [1, 37]; null: "
+                          "every session present")
+    space: Literal["challenge", "cortex"] = Field(
+        "challenge", description="layout nsd: the vertices of any ROI (as the challenge) or "
+                                 "every fsaverage vertex")
+    rois: Path | None = Field(
+        None, description="layout nsd: folder of fsaverage ROI labels ({lh,rh}.<class>.mgz or an "
+                          "Algonauts roi_masks folder; {subject} stands for subjNN); null: "
+                          "nsddata/freesurfer/subjNN/label")
+
+    @model_validator(mode="after")
+    def _layout_options(self) -> DataConfig:
+        if self.layout != "nsd":
+            given = sorted({"sessions", "space", "rois"} & self.model_fields_set)
+            if given:
+                raise ValueError(f"{', '.join(given)}: options of layout nsd (layout is "
+                                 f"{self.layout})")
+        if self.sessions is not None and not 1 <= self.sessions[0] <= self.sessions[1]:
+            raise ValueError(f"sessions: expected [first, last] with 1 <= first <= last, got "
+                             f"{list(self.sessions)}")
+        return self
 
 
 class SelectionConfig(_Strict):
@@ -146,6 +173,10 @@ class EncodingConfig(_Strict):
     """PCA + ridge encoding, docs/method.md §3: the settings `encode_subject` takes."""
 
     protocol: Literal["clean", "paper"] = "clean"
+    split: Literal["random", "sessions"] = Field(
+        "random", description="random: test images drawn at random (split_seed); sessions: "
+                              "test = the images shown only in the last three scan sessions "
+                              "(layout nsd), train / val drawn from the others")
     n_components: int = Field(1000, ge=1)
     refit: Literal["train+val", "train"] = "train+val"
     batch_size: int = Field(64, ge=1)
@@ -370,6 +401,8 @@ class StudyConfig(_Strict):
             missing = sorted(set(evaluation.nod_transfer.methods) - methods)
             raise ValueError(f"evaluation.nod_transfer.methods: {', '.join(missing)} not among "
                              f"the study's methods")
+        if self.encoding.split == "sessions" and self.data.layout != "nsd":
+            raise ValueError("encoding.split: sessions needs scan sessions: data.layout: nsd")
         if self.encoding.layers:
             from cortexcl.models.backbones import check_layers
 

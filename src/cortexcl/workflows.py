@@ -103,7 +103,7 @@ def encode(
                         progress=progress)
     check_roi_sizes({f"{h} {roi}": data.roi_indices(h, roi).size
                      for h in hemispheres for roi in roi_names}, min_vertices, data.root)
-    check_subject_data(data, hemispheres, seed, settings.protocol)
+    check_subject_data(data, hemispheres, seed, settings)
     with run.create(identity, fresh=fresh):
         if str(weights) == "none":
             announce(f"weights: {describe_weights(weights, seed=seed)} — an untrained network, "

@@ -909,6 +909,104 @@ def _(folder: Path) -> None:
     _path(folder, f"{NOD_BETA}_beta.dscalar.nii").write_bytes(
         np.random.default_rng(2).bytes(4096))
 
+# The native NSD reader (data.layout: nsd) ------------------------------------------------------
+
+NSD_BETAS = ("{case}/nsd/nsddata_betas/ppdata/subj01/fsaverage/betas_fithrf_GLMdenoise_RR")
+NSD_LABELS = "{case}/nsd/nsddata/freesurfer/subj01/label"
+NSD_DESIGN = "{case}/nsd/nsddata/experiments/nsd/nsd_expdesign.mat"
+NSD_STIMULI = "{case}/nsd/nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5"
+
+
+def write_nsd(folder: Path) -> None:
+    """A valid simulated NSD subject (30 images, 4 sessions) and a study reading it."""
+    from cortexcl.data.simulate import simulate_nsd
+
+    simulate_nsd(folder / "nsd", 1, n_images=30, n_sessions=4, image_size=32, roi_scale=0.03,
+                 progress=False, workers=1)
+    write_config(folder, data={"layout": "nsd", "root": str(folder / "nsd"), "subjects": [1],
+                               "image_size": 64})
+
+
+def load_nsd(folder: Path) -> object:
+    """cortexcl.data.nsd.load_nsd_subject("{case}/nsd", 1)"""
+    from cortexcl.data.nsd import load_nsd_subject
+
+    return load_nsd_subject(folder / "nsd", 1, image_size=32, progress=False)
+
+
+def _resave_mgh(path: Path, transform: Callable[[np.ndarray], np.ndarray]) -> None:
+    import nibabel as nib
+
+    data = transform(np.asarray(nib.load(path).dataobj))
+    nib.MGHImage(data.astype(np.float32), np.eye(4)).to_filename(str(path))
+
+
+@case("nsd-missing-session", RUN, f"{NSD_BETAS}/lh.betas_session03.mgh", "file not found",
+      "session 3 of sessions 1-4")
+def _(folder: Path) -> None:
+    """The left-hemisphere betas of session 3 are missing (sessions 1, 2 and 4 are there)."""
+    write_nsd(folder)
+    _path(folder, f"{NSD_BETAS}/lh.betas_session03.mgh").unlink()
+
+
+@case("nsd-trial-count", RUN, f"{NSD_BETAS}/rh.betas_session02.mgh", "trials but session 2 has")
+def _(folder: Path) -> None:
+    """A session file holds one trial fewer than the design's sessions."""
+    write_nsd(folder)
+    _resave_mgh(_path(folder, f"{NSD_BETAS}/rh.betas_session02.mgh"), lambda d: d[..., :-1])
+
+
+@case("nsd-design-no-masterordering", RUN, NSD_DESIGN, "no variable 'masterordering'")
+def _(folder: Path) -> None:
+    """The NSD design file lacks ``masterordering``."""
+    import scipy.io
+
+    write_nsd(folder)
+    path = _path(folder, NSD_DESIGN)
+    content = {k: v for k, v in scipy.io.loadmat(path).items()
+               if not k.startswith("__") and k != "masterordering"}
+    scipy.io.savemat(path, content)
+
+
+@case("nsd-stimuli-no-imgbrick", RUN, NSD_STIMULI, "no dataset 'imgBrick'", "images")
+def _(folder: Path) -> None:
+    """The stimuli HDF5 file names its image array ``images`` instead of ``imgBrick``."""
+    import h5py
+
+    write_nsd(folder)
+    path = _path(folder, NSD_STIMULI)
+    with h5py.File(path, "r") as handle:
+        images = handle["imgBrick"][()]
+    with h5py.File(path, "w") as handle:
+        handle["images"] = images
+
+
+@case("nsd-label-length", RUN, f"{NSD_LABELS}/lh.prf-visualrois.mgz",
+      "10000 vertices but the betas have 10242")
+def _(folder: Path) -> None:
+    """An ROI label file covers fewer vertices than the betas' surface."""
+    write_nsd(folder)
+    _resave_mgh(_path(folder, f"{NSD_LABELS}/lh.prf-visualrois.mgz"), lambda d: d[:10000])
+
+
+@case("nsd-label-names", RUN, f"{NSD_LABELS}/lh.floc-faces.mgz", "label 2 is 'FFA1'",
+      "expected 'FFA-1'")
+def _(folder: Path) -> None:
+    """The floc-faces colour table names label 2 ``FFA1``, not the challenge's ``FFA-1``."""
+    write_nsd(folder)
+    ctab = _path(folder, f"{NSD_LABELS}/floc-faces.mgz.ctab")
+    ctab.write_text(ctab.read_text().replace("FFA-1", "FFA1"))
+
+
+@case("nsd-all-vertices-nan", (), NSD_BETAS, "every selected rh vertex is NaN or infinite",
+      call=load_nsd)
+def _(folder: Path) -> None:
+    """Every right-hemisphere vertex has NaN betas in session 1 (a NaN vertex alone is
+    excluded and reported, not refused)."""
+    write_nsd(folder)
+    _resave_mgh(_path(folder, f"{NSD_BETAS}/rh.betas_session01.mgh"),
+                lambda d: np.full_like(d, np.nan))
+
 
 def main(argv: list[str] | None = None) -> int:
     """Build every case (or the cases named after OUT_DIR) into ``OUT_DIR/<name>/``."""

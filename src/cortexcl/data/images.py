@@ -432,6 +432,8 @@ class HDF5ImageStore(ImageStore):
 
         path = Path(path)
         rows = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if not path.is_file():
+            raise InputError(f"{path}: file not found")
         try:
             with h5py.File(path, "r") as handle:
                 if dataset not in handle:

@@ -488,9 +488,8 @@ def load_nsd_subject(
                 else np.arange(n_surface[h], dtype=np.int64) for h in HEMISPHERES}
     ncsnr_paths = {h: folder / f"{h}.ncsnr.mgh" for h in HEMISPHERES}
     has_ncsnr = all(path.is_file() for path in ncsnr_paths.values())
-    stimuli = root / STIMULI
-    if not stimuli.is_file():
-        raise InputError(f"{stimuli}: file not found")
+    images = HDF5ImageStore(root / STIMULI, IMAGE_DATASET, trials.images, size=image_size,
+                            cache_dir=cache_dir, progress=progress)
 
     inputs = [design_path, *(p for files in betas.values() for p in files.values())]
     digest = hashlib.blake2b(digest_size=12)
@@ -515,8 +514,6 @@ def load_nsd_subject(
                                  f"{n_surface[hemisphere]} vertices")
             ncsnr[hemisphere] = check_ncsnr(values[kept[hemisphere], 0], path,
                                             n_vertices[hemisphere], hemisphere)
-    images = HDF5ImageStore(stimuli, IMAGE_DATASET, trials.images, size=image_size,
-                            cache_dir=cache_dir, progress=progress)
     return Subject(
         name=name,
         root=folder,

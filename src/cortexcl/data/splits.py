@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -202,6 +203,7 @@ def make_splits(
     seed: int = 0,
     protocol: str = "clean",
     fractions: tuple[float, float, float] = (0.75, 0.10, 0.15),
+    test: Sequence[int] | np.ndarray | None = None,
 ) -> Split:
     """Split ``n_images`` images into train, validation and test parts.
 
@@ -218,6 +220,10 @@ def make_splits(
         pool positions [k f, (k+1) f) and trains on the rest of the pool.
     fractions : tuple of float
         Train, validation and test fractions; they must sum to 1.
+    test : array_like of int, optional
+        Fixed test images (e.g. the images of held-out sessions). Then π permutes the other
+        m images, ``clean`` cuts train = π[:⌊f₀/(f₀+f₁)·m⌋] and val = the rest, ``paper``
+        trains on all m with folds as above, and the test fraction is unused.
 
     Returns
     -------
@@ -226,8 +232,8 @@ def make_splits(
     Raises
     ------
     InputError
-        On an unknown protocol, fewer than one image, or fractions that are negative or do not
-        sum to 1.
+        On an unknown protocol, fewer than one image, fractions that are negative or do not
+        sum to 1, or fixed test images that are out of range, none or all of them.
     """
     if protocol not in PROTOCOLS:
         raise InputError(f"unknown split protocol {protocol!r} (valid: {', '.join(PROTOCOLS)})")
@@ -238,28 +244,33 @@ def make_splits(
         raise InputError(
             f"split fractions must be three non-negative numbers summing to 1, got {fractions}"
         )
-    order = permutation(n_images, seed)
-    train_end = _cut(fractions[0], n_images)
-    val_end = _cut(fractions[0] + fractions[1], n_images)
+    if test is None:
+        order = permutation(n_images, seed)
+        train_end = _cut(fractions[0], n_images)
+        pool_end = train_end + _cut(fractions[1], n_images)
+        val_end = _cut(fractions[0] + fractions[1], n_images)
+        pool, held = order[:val_end], order[val_end:]
+    else:
+        held = np.unique(np.asarray(test, dtype=np.int64))
+        if held.size and (held[0] < 0 or held[-1] >= n_images):
+            raise InputError(f"test images must be rows 0-{n_images - 1}")
+        if held.size in (0, n_images):
+            raise InputError(f"fixed test images: {held.size} of {n_images}; the split needs "
+                             "some images for test and some for training")
+        rest = np.setdiff1d(np.arange(n_images), held)
+        pool = rest[permutation(rest.size, seed)]
+        pool_end = pool.size
+        share = fractions[0] / (fractions[0] + fractions[1]) if fractions[0] else 0.0
+        train_end = _cut(share, pool.size)
     if protocol == "clean":
-        return Split(
-            train=order[:train_end],
-            val=order[train_end:val_end],
-            test=order[val_end:],
-            seed=seed,
-            protocol=protocol,
-        )
-    pool = order[: train_end + _cut(fractions[1], n_images)]
-    fold_size = _cut(1 / N_FOLDS, pool.size)
+        return Split(train=pool[:train_end], val=pool[train_end:], test=held, seed=seed,
+                     protocol=protocol)
+    fold_pool = pool[:pool_end]
+    fold_size = _cut(1 / N_FOLDS, fold_pool.size)
     folds = []
     for k in range(N_FOLDS):
         start, stop = k * fold_size, (k + 1) * fold_size
-        folds.append((np.concatenate([pool[:start], pool[stop:]]), pool[start:stop]))
-    return Split(
-        train=order[:val_end],
-        val=order[:0],
-        test=order[val_end:],
-        seed=seed,
-        protocol=protocol,
-        folds=tuple(folds),
-    )
+        folds.append((np.concatenate([fold_pool[:start], fold_pool[stop:]]),
+                      fold_pool[start:stop]))
+    return Split(train=pool, val=pool[:0], test=held, seed=seed, protocol=protocol,
+                 folds=tuple(folds))

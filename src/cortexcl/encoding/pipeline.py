@@ -40,12 +40,36 @@ RESULT_FORMAT = 3
 SHARED_SELECTION = "shared_selection.json"
 
 
+def subject_split(subject: Subject, seed: int, settings: EncodingConfig) -> Split:
+    """The subject's train / val / test split under ``settings`` (protocol and split kind).
+
+    ``split: sessions`` puts the images shown only in the held-out sessions in test
+    (`Subject.held_out_images`); ``random`` draws every part at random.
+
+    Raises
+    ------
+    InputError
+        If ``split: sessions`` is asked of a subject without sessions or without held-out
+        images.
+    """
+    test = None
+    if settings.split == "sessions":
+        test = subject.held_out_images()
+        if test is None:
+            raise InputError(f"encoding.split: sessions needs a layout with scan sessions "
+                             f"(nsd); {subject.root} has none")
+        if test.size == 0:
+            raise InputError(f"encoding.split: sessions: {subject.name} has no image shown only "
+                             f"in its last three sessions (read more than three sessions)")
+    return make_splits(subject.n_images, seed=seed, protocol=settings.protocol, test=test)
+
+
 def check_subject_data(subject: Subject, hemispheres: Sequence[str], seed: int,
-                       protocol: str) -> None:
+                       settings: EncodingConfig) -> None:
     """The checks of a subject's data that come before anything of a run is written.
 
     The split must be large enough to fit, select and score (`check_split`), the
-    noise-ceiling files (when present) must be valid, and every image must decode (all are
+    noise-ceiling data (when present) must be valid, and every image must decode (all are
     decoded into the image cache the encodings then read).
 
     Raises
@@ -53,7 +77,7 @@ def check_subject_data(subject: Subject, hemispheres: Sequence[str], seed: int,
     InputError
         Naming the file at fault.
     """
-    check_split(make_splits(subject.n_images, seed=seed, protocol=protocol), str(subject.root))
+    check_split(subject_split(subject, seed, settings), str(subject.root))
     for hemisphere in hemispheres:
         subject.noise_ceiling(hemisphere)
     subject.images.array()
@@ -102,15 +126,17 @@ def without_images(split: Split, image_ids: np.ndarray,
             int(keep_val.size - keep_val.sum()))
 
 
-def record_split(run: RunDirectory, subject: Subject, seed: int, protocol: str) -> Split:
-    """Make the subject's split and record it in the run, or reuse the recorded one.
+def record_split(run: RunDirectory, subject: Subject, seed: int,
+                 settings: EncodingConfig) -> Split:
+    """Make the subject's split (`subject_split`) and record it in the run, or reuse the
+    recorded one.
 
     Raises
     ------
     InputError
         If the run already holds a different split for this subject.
     """
-    split = make_splits(subject.n_images, seed=seed, protocol=protocol)
+    split = subject_split(subject, seed, settings)
     path = run.split_path(subject.name)
     if path.exists():
         recorded = Split.load(path)
@@ -118,7 +144,7 @@ def record_split(run: RunDirectory, subject: Subject, seed: int, protocol: str) 
             raise InputError(
                 f"{path}: the run already holds a {recorded.protocol} split with seed "
                 f"{recorded.seed} for {subject.name}; use another output folder for seed {seed} "
-                f"({protocol})"
+                f"({settings.protocol}, {settings.split} split)"
             )
     else:
         split.save(path)
@@ -205,7 +231,7 @@ def encode_subject(
             raise InputError(f"--hemisphere: unknown hemisphere {hemisphere!r}; use lh or rh")
     settings = settings or EncodingConfig()
     roi_names = subject.expand_rois(rois)
-    split = record_split(run, subject, split_seed, settings.protocol)
+    split = record_split(run, subject, split_seed, settings)
     n_dropped = n_val_dropped = 0
     if exclude_ids is not None:
         split, n_dropped, n_val_dropped = without_images(split, subject.image_ids, exclude_ids)

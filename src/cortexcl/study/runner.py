@@ -16,6 +16,7 @@ from cortexcl.config import NODTransferConfig, StudyConfig
 from cortexcl.data.algonauts import Subject, load_subject, subject_name
 from cortexcl.data.images import default_cache_dir
 from cortexcl.data.nod import NODSubject, load_nod_subject, nod_subject_name
+from cortexcl.data.nsd import load_nsd_subject
 from cortexcl.data.rois import WHOLE_HEMISPHERE, roi_class
 from cortexcl.data.splits import Split
 from cortexcl.encoding.pipeline import (
@@ -77,16 +78,24 @@ class StudyContext:
     def subject(self, name: str) -> Subject:
         """The subject ``name``, loaded once."""
         if name not in self._subjects:
-            self._subjects[name] = load_subject(self.data_root, name,
-                                                image_size=self.config.data.image_size,
-                                                progress=self.progress)
+            data = self.config.data
+            if data.layout == "nsd":
+                self._subjects[name] = load_nsd_subject(
+                    self.data_root, name, image_size=data.image_size, progress=self.progress,
+                    sessions=range(data.sessions[0], data.sessions[1] + 1) if data.sessions
+                    else None, space=data.space,
+                    rois=str(data.rois).replace("{subject}", name) if data.rois else None)
+            else:
+                self._subjects[name] = load_subject(self.data_root, name,
+                                                    image_size=data.image_size,
+                                                    progress=self.progress)
         return self._subjects[name]
 
     def split(self, subject: Subject) -> Split:
         """The subject's split, recorded in the run (made and checked once per subject)."""
         if subject.name not in self._splits:
             self._splits[subject.name] = record_split(self.run, subject, self.config.split_seed,
-                                                      self.config.encoding.protocol)
+                                                      self.config.encoding)
         return self._splits[subject.name]
 
     def nod_subject(self, name: str) -> NODSubject:
@@ -112,14 +121,20 @@ def prepare_data(config: StudyConfig, progress: bool = True) -> Path:
     """The data root of a study: ``data.root``, or the cached simulation it describes."""
     if config.data.root is not None:
         return config.data.root
-    from cortexcl.data.simulate import simulate_subject
+    from cortexcl.data.simulate import simulate_nsd, simulate_subject
 
     sim = config.data.simulate
     root = _simulation_root(config)
     # One seed for all subjects: their own draws depend on (seed, subject), and images with
     # the same NSD id are the same images, so the shared NSD images are shared (method §1.3).
     for number in config.data.subjects:
-        if not (root / subject_name(number)).is_dir():
+        if config.data.layout == "nsd":
+            if not (root / "ground_truth" / subject_name(number)).is_dir():
+                simulate_nsd(root, subject=number, n_images=sim.n_images,
+                             n_sessions=sim.n_sessions, image_size=sim.image_size,
+                             roi_scale=sim.roi_scale, reference_subject=sim.reference_subject,
+                             seed=sim.seed, progress=progress)
+        elif not (root / subject_name(number)).is_dir():
             simulate_subject(root, subject=number, n_images=sim.n_images,
                              n_test_images=sim.n_test_images, image_size=sim.image_size,
                              roi_scale=sim.roi_scale, reference_subject=sim.reference_subject,
@@ -130,7 +145,8 @@ def prepare_data(config: StudyConfig, progress: bool = True) -> Path:
 def _simulation_root(config: StudyConfig) -> Path:
     """The cache folder of a study's simulated subjects."""
     digest = StudyConfig(data={"simulate": config.data.simulate}).digest("data")
-    return default_cache_dir() / "simulated" / f"{SIMULATION_VERSION}-{digest}"
+    layout = "" if config.data.layout == "algonauts" else f"{config.data.layout}-"
+    return default_cache_dir() / "simulated" / f"{SIMULATION_VERSION}-{layout}{digest}"
 
 
 def prepare_nod_data(nod: NODTransferConfig, progress: bool = True) -> Path:
@@ -262,7 +278,7 @@ def check_inputs(context: StudyContext) -> None:
                     config.selection.min_vertices, context.data_root)
     for name in names:
         check_subject_data(context.subject(name), config.selection.hemispheres, config.split_seed,
-                           config.encoding.protocol)
+                           config.encoding)
 
 
 class JobRunner:
