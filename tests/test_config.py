@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -171,3 +172,22 @@ def test_another_weights_file_at_the_same_path_reruns_every_job(tmp_path):
     keyword = parse_config({"backbone": {"weights": "none"}, "methods": ["untuned"],
                             "selection": {"rois": ["V1v"]}})
     assert all(job.settings for job in plan_jobs(keyword, lambda *_: 100))
+
+
+@pytest.mark.parametrize(("raw", "problem"), [
+    ({"data": {"sessions": [1, 37]}}, "sessions: options of layout nsd (layout is algonauts)"),
+    ({"data": {"layout": "nsd", "ncsnr": "/x"}}, "ncsnr: options of layout algonauts"),
+    ({"data": {"layout": "nsd", "sessions": [5, 2]}}, "1 <= first <= last, got [5, 2]"),
+    ({"encoding": {"split": "sessions"}}, "split: sessions needs scan sessions: data.layout: nsd"),
+    ({"data": {"layout": "nod"}}, "layout"),
+])
+def test_layout_options_belong_to_their_layout(raw, problem):
+    with pytest.raises(InputError, match=re.escape(problem)):
+        parse_config(raw)
+
+
+def test_nsd_native_config():
+    config = load_config(CONFIGS / "nsd-native.yaml")
+    assert (config.data.layout, config.encoding.split, config.data.space) == (
+        "nsd", "sessions", "challenge")
+    assert str(config.data.rois).endswith("{subject}/roi_masks")

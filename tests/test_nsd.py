@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -207,3 +208,67 @@ def test_a_study_runs_on_the_nsd_layout_with_the_session_split(tmp_path):
     assert (table["n_test"] == len(split["test"])).all()
     assert table["mean_noise_ceiling"].between(0, 1).all()
     assert table["mean_nc_score"].notna().all()
+
+
+def write_challenge_release(nsd_root: Path, out: Path) -> Path:
+    """The Algonauts 2023 release of simulated subject 1 made as the challenge made it: the
+    sessions but the last three, averaged; images named by NSD id; masks on fsaverage."""
+    from PIL import Image
+
+    from cortexcl.data.rois import FSAVERAGE_N_VERTICES, ROI_CLASSES
+    from cortexcl.data.simulate.masks import mapping_bytes
+
+    subject = load_nsd_subject(nsd_root, 1, image_size=32, progress=False,
+                               sessions=range(1, N_SESSIONS - 2))
+    root = out / "subj01"
+    fmri = root / "training_split" / "training_fmri"
+    images = root / "training_split" / "training_images"
+    masks = root / "roi_masks"
+    for folder in (fmri, images, masks):
+        folder.mkdir(parents=True)
+    for row, (nsd_id, pixels) in enumerate(zip(subject.image_ids, subject.images.array(),
+                                               strict=True)):
+        Image.fromarray(pixels).save(images / f"train-{row + 1:04d}_nsd-{nsd_id:05d}.png")
+    for hemisphere in ("lh", "rh"):
+        np.save(fmri / f"{hemisphere}_training_fmri.npy", subject.responses(hemisphere))
+        mask = np.zeros(FSAVERAGE_N_VERTICES, dtype=np.int64)
+        mask[subject.vertex_to_fsaverage(hemisphere)] = 1
+        np.save(masks / f"{hemisphere}.all-vertices_fsaverage_space.npy", mask)
+        for class_name in ROI_CLASSES:
+            np.save(masks / f"{hemisphere}.{class_name}_challenge_space.npy",
+                    subject._labels[hemisphere, class_name])
+    for class_name in ROI_CLASSES:
+        (masks / f"mapping_{class_name}.npy").write_bytes(mapping_bytes(class_name))
+    return out
+
+
+def test_challenge_layout_takes_noise_ceilings_from_the_nsd_release(nsd_root, tmp_path):
+    from cortexcl.data.algonauts import load_subject
+
+    challenge = write_challenge_release(nsd_root, tmp_path / "algonauts")
+    plain = load_subject(challenge, 1, image_size=32, progress=False)
+    assert plain.noise_ceiling("lh") is None
+    subject = load_subject(challenge, 1, image_size=32, progress=False, ncsnr=nsd_root)
+    # Repeats counted independently: trials of sessions 1 … N-3 per NSD id.
+    ids, _, counts = reference(nsd_root, "lh", list(range(1, N_SESSIONS - 2)))
+    np.testing.assert_array_equal(subject.n_repeats, counts[np.searchsorted(ids,
+                                                                            subject.image_ids)])
+    assert set(subject.n_repeats.tolist()) <= {1, 2, 3}
+    for hemisphere in ("lh", "rh"):
+        path = betas_folder(nsd_root, 1) / f"{hemisphere}.ncsnr.mgh"
+        ncsnr = nib.load(path).get_fdata().ravel()[subject.vertex_to_fsaverage(hemisphere)]
+        rows = np.arange(10)
+        repeats = subject.n_repeats[rows]
+        expected = ncsnr**2 / (ncsnr**2 + np.mean(1 / repeats))
+        np.testing.assert_allclose(subject.noise_ceiling(hemisphere, rows), expected,
+                                   rtol=1e-6)
+    # An NSD design that never shows a training image is refused.
+    design_path = nsd_root / nsd.DESIGN
+    other = tmp_path / "other"
+    shutil.copytree(nsd_root, other)
+    content = scipy.io.loadmat(design_path)
+    content["subjectim"] = content["subjectim"][::-1]  # subject 1 gets subject 8's images
+    scipy.io.savemat(other / nsd.DESIGN, {k: v for k, v in content.items()
+                                          if not k.startswith("__")})
+    with pytest.raises(InputError, match="training images of subj01 .* are not shown in"):
+        load_subject(challenge, 1, image_size=32, progress=False, ncsnr=other)

@@ -94,13 +94,17 @@ class DataConfig(_Strict):
         None, description="layout nsd: folder of fsaverage ROI labels ({lh,rh}.<class>.mgz or an "
                           "Algonauts roi_masks folder; {subject} stands for subjNN); null: "
                           "nsddata/freesurfer/subjNN/label")
+    ncsnr: Path | None = Field(
+        None, description="layout algonauts: root of the native NSD release, for noise "
+                          "ceilings (its {lh,rh}.ncsnr.mgh and design file)")
 
     @model_validator(mode="after")
     def _layout_options(self) -> DataConfig:
-        if self.layout != "nsd":
-            given = sorted({"sessions", "space", "rois"} & self.model_fields_set)
-            if given:
-                raise ValueError(f"{', '.join(given)}: options of layout nsd (layout is "
+        options = {"nsd": {"sessions", "space", "rois"}, "algonauts": {"ncsnr"}}
+        for layout, names in options.items():
+            given = sorted(names & self.model_fields_set)
+            if given and layout != self.layout:
+                raise ValueError(f"{', '.join(given)}: options of layout {layout} (layout is "
                                  f"{self.layout})")
         if self.sessions is not None and not 1 <= self.sessions[0] <= self.sessions[1]:
             raise ValueError(f"sessions: expected [first, last] with 1 <= first <= last, got "

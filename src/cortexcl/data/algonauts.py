@@ -413,6 +413,7 @@ def load_subject(
     image_size: int = 224,
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    ncsnr: str | Path | None = None,
 ) -> Subject:
     """Open and validate one subject of an Algonauts 2023-layout dataset.
 
@@ -428,6 +429,10 @@ def load_subject(
         Image cache folder (see `ImageStore`).
     progress : bool
         Show progress bars.
+    ncsnr : str or Path, optional
+        Root of the native NSD release: the noise ceilings then come from its
+        ``{lh,rh}.ncsnr.mgh`` and the repeats its design file counts
+        (`cortexcl.data.nsd.challenge_noise`). Without it, only a simulated subject has them.
 
     Returns
     -------
@@ -470,7 +475,12 @@ def load_subject(
     }
     fsaverage_index = {h: read_fsaverage_index(roi_dir, h, n_vertices[h]) for h in HEMISPHERES}
 
-    ncsnr, n_repeats = _simulated_noise(root, n_vertices, len(paths))
+    if ncsnr is not None:
+        from cortexcl.data.nsd import challenge_noise
+
+        ncsnr_values, n_repeats = challenge_noise(ncsnr, name, image_ids, fsaverage_index)
+    else:
+        ncsnr_values, n_repeats = _simulated_noise(root, n_vertices, len(paths))
     images = ImageStore(paths, size=image_size, cache_dir=cache_dir, progress=progress)
     return Subject(
         name=name,
@@ -481,6 +491,6 @@ def load_subject(
         n_vertices=n_vertices,
         labels=labels,
         fsaverage_index=fsaverage_index,
-        ncsnr=ncsnr,
+        ncsnr=ncsnr_values,
         n_repeats=n_repeats,
     )

@@ -51,6 +51,7 @@ DESIGN = Path("nsddata/experiments/nsd/nsd_expdesign.mat")
 STIMULI = Path("nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5")
 IMAGE_DATASET = "imgBrick"
 TRIALS_PER_SESSION = 750
+NSD_SESSIONS = {1: 40, 2: 40, 3: 32, 4: 30, 5: 40, 6: 32, 7: 40, 8: 30}  # completed per subject
 HELD_OUT_SESSIONS = 3
 SPACES = ("challenge", "cortex")
 _CACHE_VERSION = "nsd-v1"
@@ -529,3 +530,68 @@ def load_nsd_subject(
         held_out=trials.held_out,
         hash_files=[*fmri_paths.values(), *(cache / f"{h}_vertices.npy" for h in HEMISPHERES)],
     )
+
+
+def challenge_noise(root: str | Path, subject: int | str, image_ids: np.ndarray,
+                    fsaverage_index: dict[str, np.ndarray]
+                    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """ncsnr and repeat counts of an Algonauts 2023 subject, from the native NSD release.
+
+    The challenge's training responses average an image's trials in the subject's sessions
+    but the last three (sessions 1-37 of subject 01); the repeats are counted there, from
+    the design file. The number of sessions is that of the betas present in the release, or
+    NSD's (40, 40, 32, 30, 40, 32, 40, 30 for subjects 1-8) when none are.
+
+    Parameters
+    ----------
+    root : str or Path
+        The NSD release root.
+    subject : int or str
+    image_ids : numpy.ndarray
+        NSD ids (0-based) of the subject's training images, in row order.
+    fsaverage_index : dict of str to numpy.ndarray
+        The fsaverage vertex of every column, per hemisphere.
+
+    Returns
+    -------
+    ncsnr : dict of str to numpy.ndarray
+        float64 ncsnr of every column.
+    n_repeats : numpy.ndarray
+        int64 trials of every image.
+
+    Raises
+    ------
+    InputError
+        On a missing or malformed design or ncsnr file, or a training image the design does
+        not show in those sessions.
+    """
+    name = subject_name(subject)
+    number = int(name.removeprefix("subj"))
+    design_path = Path(root) / DESIGN
+    design = read_design(design_path)
+    folder = betas_folder(root, name)
+    found = _session_files(folder, name) if folder.is_dir() else {}
+    n_sessions = max((max(files, default=0) for files in found.values()), default=0)
+    if not n_sessions:
+        if number not in NSD_SESSIONS:
+            raise InputError(f"{folder}: no session betas to count the sessions of {name}")
+        n_sessions = NSD_SESSIONS[number]
+    sessions = list(range(1, n_sessions - HELD_OUT_SESSIONS + 1))
+    if not sessions or sessions[-1] * design.trials_per_session > design.masterordering.size:
+        raise InputError(f"{design_path}: does not describe sessions 1-{n_sessions} of {name}")
+    trials = _trials(design, number, sessions, design_path)
+    missing = np.setdiff1d(image_ids, trials.images)
+    if missing.size:
+        raise InputError(f"{design_path}: {missing.size} training images of {name} (e.g. "
+                         f"nsd-{int(missing[0]):05d}) are not shown in sessions "
+                         f"1-{sessions[-1]}")
+    repeats = trials.n_repeats[np.searchsorted(trials.images, image_ids)]
+    ncsnr = {}
+    for hemisphere, index in fsaverage_index.items():
+        path = folder / f"{hemisphere}.ncsnr.mgh"
+        values = _surface_data(path)
+        if values.shape[1] != 1 or values.shape[0] <= index.max(initial=-1):
+            raise InputError(f"{path}: shape {values.shape} does not hold one value per "
+                             f"fsaverage vertex")
+        ncsnr[hemisphere] = check_ncsnr(values[index, 0], path, index.size, hemisphere)
+    return ncsnr, repeats

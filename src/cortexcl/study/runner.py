@@ -88,7 +88,7 @@ class StudyContext:
             else:
                 self._subjects[name] = load_subject(self.data_root, name,
                                                     image_size=data.image_size,
-                                                    progress=self.progress)
+                                                    progress=self.progress, ncsnr=data.ncsnr)
         return self._subjects[name]
 
     def split(self, subject: Subject) -> Split:
