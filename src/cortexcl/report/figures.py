@@ -677,10 +677,11 @@ def surface_maps(results: RunResults, out_dir: Path, subject: str,
     """
     if data_root is None:
         return [], ["Surface maps skipped: the run's manifest.json names no data_root."]
-    from cortexcl.data.algonauts import load_subject
+    from cortexcl.data.layouts import open_subject
 
     try:
-        data = load_subject(data_root, subject, progress=False)
+        data = open_subject(data_root, subject, progress=False,
+                            **results.manifest().get("data_options", {}))
     except (InputError, OSError) as error:
         return [], [f"Surface maps skipped: cannot read {subject} in {data_root} ({error})."]
     r_maps, delta_maps, notes = surface_values(results, data, subject)

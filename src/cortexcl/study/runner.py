@@ -13,10 +13,10 @@ import torch
 
 from cortexcl.atomic import atomic_write_csv, atomic_write_json
 from cortexcl.config import NODTransferConfig, StudyConfig
-from cortexcl.data.algonauts import Subject, load_subject, subject_name
+from cortexcl.data.algonauts import Subject, subject_name
 from cortexcl.data.images import default_cache_dir
+from cortexcl.data.layouts import layout_options, open_subject
 from cortexcl.data.nod import NODSubject, load_nod_subject, nod_subject_name
-from cortexcl.data.nsd import load_nsd_subject
 from cortexcl.data.rois import WHOLE_HEMISPHERE, roi_class
 from cortexcl.data.splits import Split
 from cortexcl.encoding.pipeline import (
@@ -78,17 +78,10 @@ class StudyContext:
     def subject(self, name: str) -> Subject:
         """The subject ``name``, loaded once."""
         if name not in self._subjects:
-            data = self.config.data
-            if data.layout == "nsd":
-                self._subjects[name] = load_nsd_subject(
-                    self.data_root, name, image_size=data.image_size, progress=self.progress,
-                    sessions=range(data.sessions[0], data.sessions[1] + 1) if data.sessions
-                    else None, space=data.space,
-                    rois=str(data.rois).replace("{subject}", name) if data.rois else None)
-            else:
-                self._subjects[name] = load_subject(self.data_root, name,
-                                                    image_size=data.image_size,
-                                                    progress=self.progress, ncsnr=data.ncsnr)
+            self._subjects[name] = open_subject(self.data_root, name,
+                                                image_size=self.config.data.image_size,
+                                                progress=self.progress,
+                                                **layout_options(self.config.data))
         return self._subjects[name]
 
     def split(self, subject: Subject) -> Split:
@@ -222,7 +215,8 @@ def run_study(config: StudyConfig, out: str | Path, *, dry_run: bool = False,
                       for name in map(subject_name, config.data.subjects)},
             extra={"backbone": config.backbone.name, "weights": config.backbone.weights,
                    "weights_sha256": weights_fingerprint(config.backbone.weights) or None,
-                   "data_root": str(context.data_root)})
+                   "data_root": str(context.data_root),
+                   "data_options": layout_options(config.data)})
         executor = make_executor(config.execution, run.root, progress=progress)
 
         def on_event(event: str, job: Job) -> None:

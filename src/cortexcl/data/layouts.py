@@ -1,0 +1,74 @@
+"""Open a subject of any dataset layout: one entry point for the study runner and the report."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cortexcl.data.algonauts import Subject, load_subject, subject_name
+from cortexcl.errors import InputError
+
+LAYOUTS = ("algonauts", "nsd")
+
+
+def open_subject(
+    root: str | Path,
+    subject: int | str,
+    *,
+    layout: str = "algonauts",
+    image_size: int = 224,
+    progress: bool = True,
+    sessions: Sequence[int] | None = None,
+    space: str = "challenge",
+    rois: str | Path | None = None,
+    ncsnr: str | Path | None = None,
+) -> Subject:
+    """Open one subject of a dataset in ``layout``.
+
+    Parameters
+    ----------
+    root : str or Path
+        The dataset root.
+    subject : int or str
+        Subject number or name.
+    layout : {"algonauts", "nsd"}
+        `cortexcl.data.algonauts.load_subject` or `cortexcl.data.nsd.load_nsd_subject`.
+    image_size, progress
+        As for the readers.
+    sessions : sequence of int, optional
+        nsd: first and last session read (inclusive); None: every session present.
+    space, rois
+        nsd: as for `load_nsd_subject`; ``{subject}`` in ``rois`` stands for ``subjNN``.
+    ncsnr : str or Path, optional
+        algonauts: the native NSD release root, for noise ceilings.
+
+    Raises
+    ------
+    InputError
+        On an unknown layout, or whatever the reader refuses.
+    """
+    if layout == "nsd":
+        from cortexcl.data.nsd import load_nsd_subject
+
+        name = subject_name(subject)
+        return load_nsd_subject(
+            root, name, image_size=image_size, progress=progress, space=space,
+            sessions=range(sessions[0], sessions[-1] + 1) if sessions else None,
+            rois=str(rois).replace("{subject}", name) if rois else None)
+    if layout == "algonauts":
+        return load_subject(root, subject, image_size=image_size, progress=progress,
+                            ncsnr=ncsnr)
+    raise InputError(f"layout: expected one of {', '.join(LAYOUTS)}, got {layout!r}")
+
+
+def layout_options(data: Any) -> dict[str, Any]:
+    """The reader options of a study's ``data`` section (a `cortexcl.config.DataConfig`), as
+    JSON-ready keyword arguments of `open_subject` (recorded in the run's manifest)."""
+    options = {"layout": data.layout}
+    if data.layout == "nsd":
+        options.update(sessions=list(data.sessions) if data.sessions else None, space=data.space,
+                       rois=str(data.rois) if data.rois else None)
+    elif data.ncsnr is not None:
+        options["ncsnr"] = str(data.ncsnr)
+    return options
