@@ -234,9 +234,11 @@ def write_challenge_release(nsd_root: Path, out: Path) -> Path:
         mask = np.zeros(FSAVERAGE_N_VERTICES, dtype=np.int64)
         mask[subject.vertex_to_fsaverage(hemisphere)] = 1
         np.save(masks / f"{hemisphere}.all-vertices_fsaverage_space.npy", mask)
-        for class_name in ROI_CLASSES:
-            np.save(masks / f"{hemisphere}.{class_name}_challenge_space.npy",
-                    subject._labels[hemisphere, class_name])
+        for class_name, table in ROI_CLASSES.items():
+            labels = np.zeros(subject.n_vertices(hemisphere), dtype=np.int64)
+            for label, roi in table.items():
+                labels[subject.roi_indices(hemisphere, roi)] = label
+            np.save(masks / f"{hemisphere}.{class_name}_challenge_space.npy", labels)
     for class_name in ROI_CLASSES:
         (masks / f"mapping_{class_name}.npy").write_bytes(mapping_bytes(class_name))
     return out

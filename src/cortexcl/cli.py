@@ -60,8 +60,8 @@ def simulate(
 ) -> None:
     """Write a simulated subject with a known ground truth in the Algonauts 2023 or NSD
     layout."""
-    from cortexcl.data.algonauts import subject_name
     from cortexcl.data.simulate import simulate_nsd, simulate_subject
+    from cortexcl.data.subject import subject_name
 
     if layout not in ("algonauts", "nsd"):
         raise InputError(f"--layout: expected algonauts or nsd, got {layout!r}")

@@ -100,9 +100,10 @@ class DataConfig(_Strict):
 
     @model_validator(mode="after")
     def _layout_options(self) -> DataConfig:
-        options = {"nsd": {"sessions", "space", "rois"}, "algonauts": {"ncsnr"}}
+        options = {"nsd": ("rois", "sessions", "space"), "algonauts": ("ncsnr",)}
         for layout, names in options.items():
-            given = sorted(names & self.model_fields_set)
+            given = [name for name in names  # a dumped config holds the defaults too
+                     if getattr(self, name) != DataConfig.model_fields[name].default]
             if given and layout != self.layout:
                 raise ValueError(f"{', '.join(given)}: options of layout {layout} (layout is "
                                  f"{self.layout})")

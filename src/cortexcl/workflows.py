@@ -11,8 +11,9 @@ import pandas as pd
 import yaml
 
 from cortexcl.config import EncodingConfig, load_config
-from cortexcl.data.algonauts import load_subject, subject_name
+from cortexcl.data.algonauts import load_subject
 from cortexcl.data.rois import HEMISPHERES, expand_rois
+from cortexcl.data.subject import subject_name
 from cortexcl.encoding.pipeline import TABLE_KEY, check_subject_data, encode_subject
 from cortexcl.errors import InputError
 from cortexcl.evaluation.single_subject import write_tables

@@ -16,45 +16,23 @@ one-line message naming the file, not hours later inside a training loop. Simula
 
 from __future__ import annotations
 
-import hashlib
 import re
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from cortexcl.data.images import ImageStore
 from cortexcl.data.rois import (
     HEMISPHERES,
     ROI_CLASSES,
-    ROI_NAMES,
-    WHOLE_HEMISPHERE,
-    check_hemisphere,
-    expand_rois,
     load_roi_mapping,
     read_fsaverage_index,
     read_roi_labels,
-    roi_class,
 )
+from cortexcl.data.subject import Subject, check_ncsnr, labels_to_rois, subject_name
 from cortexcl.errors import InputError
 
 _SCAN_BYTES = 64 << 20
-_HASH_CHUNK = 1 << 20
-
-
-def subject_name(subject: int | str) -> str:
-    """Return the folder name of a subject: 1, "1", "01" and "subj01" all give ``"subj01"``.
-
-    Raises
-    ------
-    InputError
-        If ``subject`` is not a positive subject number.
-    """
-    text = str(subject).strip().lower().removeprefix("subj")
-    if not text.isdigit() or int(text) < 1:
-        raise InputError(f"subject: expected a subject number such as 1 or subj01, got {subject!r}")
-    return f"subj{int(text):02d}"
 
 
 def _require_file(path: Path) -> Path:
@@ -159,30 +137,6 @@ def _check_finite(fmri: np.ndarray, path: Path) -> None:
             )
 
 
-def check_ncsnr(ncsnr: np.ndarray, path: Path, n_vertices: int, hemisphere: str) -> np.ndarray:
-    """``ncsnr`` as float64 after checking it: one finite value >= 0 per vertex.
-
-    Raises
-    ------
-    InputError
-        Naming ``path``, if the shape differs from ``(n_vertices,)`` or a value is NaN,
-        infinite or negative.
-    """
-    ncsnr = np.asarray(ncsnr)
-    if ncsnr.shape != (n_vertices,):
-        raise InputError(f"{path}: shape {ncsnr.shape} but the {hemisphere} responses have "
-                         f"{n_vertices} vertices")
-    if not np.issubdtype(ncsnr.dtype, np.number) or not np.all(np.isfinite(ncsnr)):
-        bad = int(np.sum(~np.isfinite(ncsnr))) if np.issubdtype(ncsnr.dtype, np.number) else 0
-        raise InputError(f"{path}: {bad} {'entry is' if bad == 1 else 'entries are'} "
-                         "NaN or infinite; ncsnr must be finite and >= 0")
-    if np.any(ncsnr < 0):
-        bad = int(np.sum(ncsnr < 0))
-        raise InputError(f"{path}: {bad} negative {'entry' if bad == 1 else 'entries'}"
-                         "; ncsnr must be >= 0")
-    return ncsnr.astype(np.float64)
-
-
 def _simulated_noise(root: Path, n_vertices: dict[str, int], n_images: int
                      ) -> tuple[dict[str, np.ndarray] | None, np.ndarray | None]:
     """ncsnr and repeat counts of a simulated subject (``ground_truth/``), or None, None."""
@@ -199,212 +153,6 @@ def _simulated_noise(root: Path, n_vertices: dict[str, int], n_images: int
     if not np.issubdtype(repeats.dtype, np.number) or not np.all(repeats >= 1):
         raise InputError(f"{repeats_path}: repeat counts must be numbers >= 1")
     return ncsnr, repeats.astype(np.int64)
-
-
-class Subject:
-    """One subject: images, responses and ROI index, read from any layout with fsaverage ROIs.
-
-    Create it with :func:`load_subject` (Algonauts 2023 layout) or
-    `cortexcl.data.nsd.load_nsd_subject` (native NSD release), which validate every file.
-
-    Attributes
-    ----------
-    name : str
-        Folder name, e.g. ``"subj01"``.
-    root : Path
-        The subject folder.
-    images : ImageStore
-        The images; row i of the responses is image i.
-    image_ids : numpy.ndarray
-        NSD id of every image (int64).
-    n_images : int
-        Number of images.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        root: Path,
-        images: ImageStore,
-        image_ids: np.ndarray,
-        fmri_paths: dict[str, Path],
-        n_vertices: dict[str, int],
-        labels: dict[tuple[str, str], np.ndarray],
-        fsaverage_index: dict[str, np.ndarray],
-        *,
-        ncsnr: dict[str, np.ndarray] | None = None,
-        n_repeats: np.ndarray | None = None,
-        notes: dict[str, dict[str, int]] | None = None,
-        held_out: np.ndarray | None = None,
-        hash_files: Sequence[Path] | None = None,
-    ) -> None:
-        self.name = name
-        self.root = root
-        self.images = images
-        self.image_ids = image_ids
-        self.n_images = len(image_ids)
-        self._fmri_paths = fmri_paths
-        self._n_vertices = n_vertices
-        self._labels = labels
-        self._fsaverage_index = fsaverage_index
-        self._ncsnr = ncsnr
-        self._n_repeats = n_repeats
-        self._notes = notes or {}
-        self._held_out = held_out
-        self._hash_files = list(hash_files) if hash_files is not None else [
-            *fmri_paths.values(), *sorted((root / "roi_masks").glob("*.npy"))]
-        self._data_hash: str | None = None
-
-    def __repr__(self) -> str:
-        sizes = ", ".join(f"{h} {n}" for h, n in self._n_vertices.items())
-        return f"Subject({self.name}, {self.n_images} images, vertices {sizes}, root={self.root})"
-
-    def expand_rois(self, rois: str | Sequence[str]) -> list[str]:
-        """ROI names of this dataset for names and groups (see `cortexcl.data.rois.expand_rois`)."""
-        return expand_rois(rois)
-
-    def n_vertices(self, hemisphere: str) -> int:
-        """Number of challenge-space vertices (fMRI columns) of a hemisphere."""
-        return self._n_vertices[check_hemisphere(hemisphere)]
-
-    def roi_indices(self, hemisphere: str, roi: str) -> np.ndarray:
-        """Return the fMRI columns of an ROI.
-
-        Parameters
-        ----------
-        hemisphere : {"lh", "rh"}
-        roi : str
-            One of the 31 ROI names, or ``"all"`` for every column.
-
-        Returns
-        -------
-        numpy.ndarray
-            int64 column indices, ascending; empty for an ROI without vertices.
-
-        Raises
-        ------
-        InputError
-            On an unknown hemisphere or ROI name.
-        """
-        check_hemisphere(hemisphere)
-        if str(roi).strip().lower() == WHOLE_HEMISPHERE:
-            return np.arange(self._n_vertices[hemisphere], dtype=np.int64)
-        class_name, label = roi_class(roi)
-        return np.flatnonzero(self._labels[hemisphere, class_name] == label).astype(np.int64)
-
-    def responses(self, hemisphere: str, roi: str | None = None) -> np.ndarray:
-        """Return the responses of a hemisphere or an ROI.
-
-        Parameters
-        ----------
-        hemisphere : {"lh", "rh"}
-        roi : str, optional
-            ROI name; ``None`` or ``"all"`` gives every column of the hemisphere.
-
-        Returns
-        -------
-        numpy.ndarray
-            float32 (n_images, n_vertices) array, a copy in memory.
-
-        Raises
-        ------
-        InputError
-            On an unknown hemisphere or ROI, or an ROI without vertices.
-        """
-        check_hemisphere(hemisphere)
-        fmri = np.load(self._fmri_paths[hemisphere], mmap_mode="r", allow_pickle=False)
-        if roi is None or str(roi).strip().lower() == WHOLE_HEMISPHERE:
-            return np.array(fmri, dtype=np.float32)
-        columns = self.roi_indices(hemisphere, roi)
-        if columns.size == 0:
-            raise InputError(f"{self.name} {hemisphere} {roi}: ROI is empty (0 vertices)")
-        return np.asarray(fmri[:, columns], dtype=np.float32)
-
-    def roi_sizes(self) -> pd.DataFrame:
-        """Return the number of vertices of every ROI in both hemispheres.
-
-        Returns
-        -------
-        pandas.DataFrame
-            Columns subject, hemisphere, roi, roi_class, n_vertices; 62 rows (31 ROIs × 2).
-        """
-        rows = []
-        for hemisphere in HEMISPHERES:
-            for roi in ROI_NAMES:
-                class_name, label = roi_class(roi)
-                rows.append(
-                    {
-                        "subject": self.name,
-                        "hemisphere": hemisphere,
-                        "roi": roi,
-                        "roi_class": class_name,
-                        "n_vertices": int(np.sum(self._labels[hemisphere, class_name] == label)),
-                    }
-                )
-        return pd.DataFrame(rows)
-
-    def vertex_to_fsaverage(self, hemisphere: str) -> np.ndarray:
-        """Return the fsaverage vertex index of every fMRI column (int64)."""
-        return self._fsaverage_index[check_hemisphere(hemisphere)].copy()
-
-    def data_notes(self, hemisphere: str) -> dict[str, int]:
-        """Counts of what reading the data changed, e.g. ``n_nan_vertices`` excluded by the NSD
-        reader (empty for the Algonauts layout)."""
-        return dict(self._notes.get(check_hemisphere(hemisphere), {}))
-
-    @property
-    def n_repeats(self) -> np.ndarray | None:
-        """Trials averaged into each image's response (int64, n_images), when known."""
-        return None if self._n_repeats is None else self._n_repeats.copy()
-
-    def held_out_images(self) -> np.ndarray | None:
-        """Images shown only in the held-out (last three) sessions: the test part of ``split:
-        sessions`` (int64 rows, ascending), or None for a layout without sessions."""
-        return None if self._held_out is None else self._held_out.copy()
-
-    def noise_ceiling(
-        self, hemisphere: str, indices: np.ndarray | None = None
-    ) -> np.ndarray | None:
-        """Return the noise ceiling of every vertex when the dataset provides it.
-
-        It needs NSD's per-vertex ncsnr and each image's repeat count: the native NSD reader
-        has both, an Algonauts subject has them when ``ncsnr`` points to the NSD release (or,
-        simulated, from its ``ground_truth`` folder).
-
-        Parameters
-        ----------
-        hemisphere : {"lh", "rh"}
-        indices : array of int, optional
-            The evaluation images (default: all); their repeat counts set the ceiling.
-
-        Returns
-        -------
-        numpy.ndarray or None
-            float64 (n_vertices,) fraction of explainable variance per vertex
-            (`cortexcl.metrics.noise_ceiling`), or None without noise-ceiling data.
-        """
-        check_hemisphere(hemisphere)
-        if self._ncsnr is None or self._n_repeats is None:
-            return None
-        from cortexcl.metrics import noise_ceiling
-
-        repeats = self._n_repeats
-        if indices is not None:
-            repeats = repeats[np.asarray(indices, dtype=np.int64)]
-        return noise_ceiling(self._ncsnr[hemisphere], repeats)
-
-    def data_hash(self) -> str:
-        """Short hex hash of the response and ROI files and the images (for manifests)."""
-        if self._data_hash is None:
-            digest = hashlib.blake2b(digest_size=8)
-            for path in self._hash_files:
-                digest.update(f"{path.name}\0".encode())
-                with open(path, "rb") as handle:
-                    while chunk := handle.read(_HASH_CHUNK):
-                        digest.update(chunk)
-            digest.update(self.images.key.encode())
-            self._data_hash = digest.hexdigest()
-        return self._data_hash
 
 
 def load_subject(
@@ -483,14 +231,7 @@ def load_subject(
         ncsnr_values, n_repeats = _simulated_noise(root, n_vertices, len(paths))
     images = ImageStore(paths, size=image_size, cache_dir=cache_dir, progress=progress)
     return Subject(
-        name=name,
-        root=root,
-        images=images,
-        image_ids=image_ids,
-        fmri_paths=fmri_paths,
-        n_vertices=n_vertices,
-        labels=labels,
-        fsaverage_index=fsaverage_index,
-        ncsnr=ncsnr_values,
-        n_repeats=n_repeats,
-    )
+        name, root, images, image_ids, fmri_paths,
+        {h: labels_to_rois({c: labels[h, c] for c in ROI_CLASSES}) for h in HEMISPHERES},
+        fsaverage_index=fsaverage_index, ncsnr=ncsnr_values, n_repeats=n_repeats,
+        hash_files=[*fmri_paths.values()])

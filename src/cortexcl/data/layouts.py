@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cortexcl.data.algonauts import Subject, load_subject, subject_name
+from cortexcl.data.algonauts import load_subject
+from cortexcl.data.subject import Subject, subject_name
 from cortexcl.errors import InputError
 
 LAYOUTS = ("algonauts", "nsd")

@@ -36,7 +36,6 @@ from numpy.lib.format import open_memmap
 from tqdm.auto import tqdm
 
 from cortexcl.atomic import atomic_directory, atomic_write_json
-from cortexcl.data.algonauts import Subject, check_ncsnr, subject_name
 from cortexcl.data.images import HDF5ImageStore, default_cache_dir
 from cortexcl.data.rois import (
     FSAVERAGE_N_VERTICES,
@@ -45,6 +44,7 @@ from cortexcl.data.rois import (
     read_fsaverage_index,
     read_roi_labels,
 )
+from cortexcl.data.subject import Subject, check_ncsnr, labels_to_rois, subject_name
 from cortexcl.errors import InputError
 
 DESIGN = Path("nsddata/experiments/nsd/nsd_expdesign.mat")
@@ -516,20 +516,11 @@ def load_nsd_subject(
             ncsnr[hemisphere] = check_ncsnr(values[kept[hemisphere], 0], path,
                                             n_vertices[hemisphere], hemisphere)
     return Subject(
-        name=name,
-        root=folder,
-        images=images,
-        image_ids=trials.images.copy(),
-        fmri_paths=fmri_paths,
-        n_vertices=n_vertices,
-        labels={(h, c): labels[h][c][kept[h]] for h in HEMISPHERES for c in ROI_CLASSES},
-        fsaverage_index=kept,
-        ncsnr=ncsnr,
-        n_repeats=trials.n_repeats,
-        notes=notes,
-        held_out=trials.held_out,
-        hash_files=[*fmri_paths.values(), *(cache / f"{h}_vertices.npy" for h in HEMISPHERES)],
-    )
+        name, folder, images, trials.images.copy(), fmri_paths,
+        {h: labels_to_rois({c: labels[h][c][kept[h]] for c in ROI_CLASSES})
+         for h in HEMISPHERES},
+        fsaverage_index=kept, ncsnr=ncsnr, n_repeats=trials.n_repeats, notes=notes,
+        held_out=trials.held_out)
 
 
 def challenge_noise(root: str | Path, subject: int | str, image_ids: np.ndarray,

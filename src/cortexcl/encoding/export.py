@@ -20,10 +20,11 @@ import pandas as pd
 
 from cortexcl.atomic import atomic_save_npy, atomic_write_csv
 from cortexcl.config import EncodingConfig
-from cortexcl.data.algonauts import Subject, challenge_test_images, load_subject
+from cortexcl.data.algonauts import challenge_test_images, load_subject
 from cortexcl.data.images import ImageStore
 from cortexcl.data.rois import HEMISPHERES, WHOLE_HEMISPHERE
 from cortexcl.data.splits import Split
+from cortexcl.data.subject import Subject
 from cortexcl.encoding.features import extract_features
 from cortexcl.encoding.model import EncodingModel
 from cortexcl.encoding.pipeline import TEST_PREDICTION, read_shared_selection

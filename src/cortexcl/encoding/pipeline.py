@@ -14,9 +14,9 @@ import torch
 
 from cortexcl.atomic import atomic_save_npy, atomic_write_json, atomic_write_text
 from cortexcl.config import EncodingConfig
-from cortexcl.data.algonauts import Subject
 from cortexcl.data.rois import HEMISPHERES, WHOLE_HEMISPHERE
 from cortexcl.data.splits import Split, check_split, make_splits
+from cortexcl.data.subject import Subject
 from cortexcl.encoding.features import extract_features
 from cortexcl.encoding.model import EncodingModel, PCACache
 from cortexcl.errors import InputError
@@ -227,8 +227,9 @@ def encode_subject(
         One row per encoded (hemisphere, ROI), and one per ROI left out for its size.
     """
     for hemisphere in hemispheres:
-        if hemisphere not in HEMISPHERES:
-            raise InputError(f"--hemisphere: unknown hemisphere {hemisphere!r}; use lh or rh")
+        if hemisphere not in subject.hemispheres:
+            raise InputError(f"--hemisphere: unknown hemisphere {hemisphere!r}; use "
+                             f"{' or '.join(subject.hemispheres)}")
     settings = settings or EncodingConfig()
     roi_names = subject.expand_rois(rois)
     split = record_split(run, subject, split_seed, settings)

@@ -137,7 +137,7 @@ class RunResults:
         """
         if requested is None:
             return self.subjects[0]
-        from cortexcl.data.algonauts import subject_name
+        from cortexcl.data.subject import subject_name
 
         name = subject_name(requested)
         if name not in self.subjects:

@@ -23,8 +23,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import PercentFormatter
 
-from cortexcl.data.algonauts import subject_name
 from cortexcl.data.rois import HEMISPHERES, ROI_NAMES, roi_class
+from cortexcl.data.subject import subject_name
 from cortexcl.errors import InputError
 from cortexcl.evaluation.landscape import ORACLE, Embedding
 from cortexcl.report.figures import ordered, save_figure

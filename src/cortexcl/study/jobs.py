@@ -21,8 +21,8 @@ from pydantic import BaseModel
 
 from cortexcl.atomic import atomic_write_json
 from cortexcl.config import NODTransferConfig, StudyConfig
-from cortexcl.data.algonauts import subject_name
 from cortexcl.data.nod import NOD_ROIS, nod_subject_name
+from cortexcl.data.subject import subject_name
 from cortexcl.encoding.pipeline import RESULT_FORMAT
 from cortexcl.evaluation.nod_transfer import nsd_counterpart
 from cortexcl.evaluation.transfer import transfer_method

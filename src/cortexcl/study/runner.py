@@ -13,12 +13,12 @@ import torch
 
 from cortexcl.atomic import atomic_write_csv, atomic_write_json
 from cortexcl.config import NODTransferConfig, StudyConfig
-from cortexcl.data.algonauts import Subject, subject_name
 from cortexcl.data.images import default_cache_dir
 from cortexcl.data.layouts import layout_options, open_subject
 from cortexcl.data.nod import NODSubject, load_nod_subject, nod_subject_name
 from cortexcl.data.rois import WHOLE_HEMISPHERE, roi_class
 from cortexcl.data.splits import Split
+from cortexcl.data.subject import Subject, subject_name
 from cortexcl.encoding.pipeline import (
     check_subject_data,
     encode_subject,
