@@ -16,6 +16,7 @@ from pydantic import (
     Field,
     StrictInt,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -25,15 +26,30 @@ from cortexcl.errors import InputError
 from cortexcl.statistics import N_BOOTSTRAP, N_PERMUTATIONS
 
 
-def _expanded_rois(rois: list[str]) -> list[str]:
+def _own_names(info: ValidationInfo) -> bool:
+    """Whether the study reads a dataset with its own part and ROI names (layout folder): its
+    names are checked against the data when it is loaded, not here."""
+    return (info.context or {}).get("layout") == "folder"
+
+
+def _expanded_rois(rois: list[str], info: ValidationInfo) -> list[str]:
+    if _own_names(info):
+        return list(dict.fromkeys(str(roi).strip() for roi in rois if str(roi).strip()))
     try:
         return expand_rois(rois)
     except InputError as error:
         raise ValueError(str(error)) from None
 
 
+def _hemisphere(hemisphere: str, info: ValidationInfo) -> str:
+    if hemisphere not in HEMISPHERES and not _own_names(info):
+        raise ValueError("Input should be 'lh' or 'rh' (the parts of NSD data; layout folder "
+                         "takes its own)")
+    return hemisphere
+
+
 RoiNames = Annotated[list[str], AfterValidator(_expanded_rois)]
-"""ROI names and groups, expanded to names (unknown names refused)."""
+"""ROI names and groups, expanded to names (unknown names refused but for layout folder)."""
 
 Method = Literal["untuned", "cl", "rt", "pooled-avg", "pooled-const"]
 
@@ -77,9 +93,10 @@ class DataConfig(_Strict):
     """Where the subjects come from: a dataset root of a layout, or a simulation if ``root`` is
     null."""
 
-    layout: Literal["algonauts", "nsd"] = Field(
+    layout: Literal["algonauts", "nsd", "folder"] = Field(
         "algonauts", description="algonauts: the Algonauts 2023 challenge release; nsd: the "
-                                 "native NSD release (fsaverage betas)")
+                                 "native NSD release (fsaverage betas); folder: a lab's own "
+                                 "images and responses")
     root: Path | None = None
     simulate: SimulationConfig = SimulationConfig()
     subjects: list[int] = Field(default_factory=lambda: [1], min_length=1)
@@ -116,7 +133,9 @@ class DataConfig(_Strict):
 class SelectionConfig(_Strict):
     """Which hemispheres and ROIs to study."""
 
-    hemispheres: list[Literal["lh", "rh"]] = Field(default_factory=lambda: list(HEMISPHERES),
+    hemispheres: list[Annotated[str, AfterValidator(_hemisphere)]] = Field(
+        default_factory=lambda: list(HEMISPHERES), description="lh, rh; layout folder: the "
+                                                                "parts of its responses",
                                                    min_length=1)
     rois: RoiNames = Field(default_factory=lambda: ["early"], min_length=1)
     min_vertices: int = Field(20, ge=1)
@@ -406,6 +425,15 @@ class StudyConfig(_Strict):
             missing = sorted(set(evaluation.nod_transfer.methods) - methods)
             raise ValueError(f"evaluation.nod_transfer.methods: {', '.join(missing)} not among "
                              f"the study's methods")
+        if self.data.layout == "folder":
+            if self.data.root is None:
+                raise ValueError("data.root: layout folder reads your own data (nothing to "
+                                 "simulate); give its folder")
+            used = [name for name in ("classification", "nod_transfer")
+                    if getattr(evaluation, name) is not None]
+            if used:
+                raise ValueError(f"evaluation.{used[0]}: needs the challenge's ROIs and "
+                                 f"hemispheres, which layout folder does not have")
         if self.encoding.split == "sessions" and self.data.layout != "nsd":
             raise ValueError("encoding.split: sessions needs scan sessions: data.layout: nsd")
         if self.encoding.layers:
@@ -514,8 +542,10 @@ def parse_config(raw: Any, source: str = "config") -> StudyConfig:
     """Validate a configuration given as a mapping (see `load_config`)."""
     if not isinstance(raw, dict):
         raise InputError(f"{source}: the configuration must be a mapping of sections")
+    data = raw.get("data")
+    layout = data.get("layout") if isinstance(data, dict) else None
     try:
-        return StudyConfig.model_validate(raw)
+        return StudyConfig.model_validate(raw, context={"layout": layout})
     except ValidationError as error:
         raise _input_error(error, f"{source}: ", lambda loc: ".".join(loc)) from None
 

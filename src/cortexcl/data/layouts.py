@@ -10,7 +10,7 @@ from cortexcl.data.algonauts import load_subject
 from cortexcl.data.subject import Subject, subject_name
 from cortexcl.errors import InputError
 
-LAYOUTS = ("algonauts", "nsd")
+LAYOUTS = ("algonauts", "nsd", "folder")
 
 
 def open_subject(
@@ -33,8 +33,9 @@ def open_subject(
         The dataset root.
     subject : int or str
         Subject number or name.
-    layout : {"algonauts", "nsd"}
-        `cortexcl.data.algonauts.load_subject` or `cortexcl.data.nsd.load_nsd_subject`.
+    layout : {"algonauts", "nsd", "folder"}
+        `cortexcl.data.algonauts.load_subject`, `cortexcl.data.nsd.load_nsd_subject` or
+        `cortexcl.data.folder.load_folder_subject`.
     image_size, progress
         As for the readers.
     sessions : sequence of int, optional
@@ -57,6 +58,10 @@ def open_subject(
             root, name, image_size=image_size, progress=progress, space=space,
             sessions=range(sessions[0], sessions[-1] + 1) if sessions else None,
             rois=str(rois).replace("{subject}", name) if rois else None)
+    if layout == "folder":
+        from cortexcl.data.folder import load_folder_subject
+
+        return load_folder_subject(root, subject, image_size=image_size, progress=progress)
     if layout == "algonauts":
         return load_subject(root, subject, image_size=image_size, progress=progress,
                             ncsnr=ncsnr)

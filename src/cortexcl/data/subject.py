@@ -177,8 +177,8 @@ class Subject:
             (n_images, n_units) floats: units may be vertices, voxels or neurons. One array
             is the part ``"units"``; a dict names the parts (``lh``/``rh``, areas, …).
         rois : dict, optional
-            ROI name → boolean mask over units or int unit indices; with several parts,
-            part → (ROI name → mask). Every part also has ``"all"`` (every unit).
+            ROI name → boolean mask over units or int unit indices; with a dict of
+            responses, part → (ROI name → mask). Every part also has ``"all"`` (every unit).
         name : str
         image_ids : numpy.ndarray, optional
             int ids of the images (default 0 … n_images - 1).
@@ -195,25 +195,35 @@ class Subject:
         Raises
         ------
         InputError
-            On any inconsistency, in one line (see `cortexcl.data.folder.check_parts`).
+            On any inconsistency, in one line naming the argument
+            (`cortexcl.data.folder.check_parts`).
         """
-        from cortexcl.data.folder import check_parts
+        from cortexcl.data.folder import Item, check_parts
 
         store = images if isinstance(images, ImageStore) else ImageStore(
             list(images), size=image_size, cache_dir=cache_dir, progress=progress)
-        parts = ({SINGLE_PART: responses} if not isinstance(responses, Mapping)
-                 else dict(responses))
-        by_part = (rois if rois is None or len(parts) > 1 or (
-            rois and all(isinstance(v, Mapping) for v in rois.values())) else
-            {next(iter(parts)): rois})
+        several = isinstance(responses, Mapping)
+        parts = dict(responses) if several else {SINGLE_PART: responses}
 
-        def per_part(values):
-            return ({next(iter(parts)): values} if values is not None and not isinstance(
-                values, Mapping) else values)
+        def items(values, what: str) -> dict[str, Item] | None:
+            if values is None:
+                return None
+            if not several:
+                return {SINGLE_PART: Item(what, np.asarray(values))}
+            return {part: Item(f"{what}[{part!r}]", np.asarray(v)) for part, v in values.items()}
 
+        roi_items: dict[str, dict[str, Item]] = {}
+        for part, table in ((rois or {}).items() if several else [(SINGLE_PART, rois or {})]):
+            label = f"rois[{part!r}]" if several else "rois"
+            roi_items[part] = {name: Item(f"{label}[{name!r}]", np.asarray(mask))
+                               for name, mask in table.items()}
         checked = check_parts(
-            "from_arrays", len(store), {p: np.asarray(r) for p, r in parts.items()},
-            by_part or {}, per_part(noise_ceiling), per_part(ncsnr), n_repeats, fsaverage)
+            len(store), items(parts, "responses"), roi_items, items(noise_ceiling,
+                                                                    "noise_ceiling"),
+            items(ncsnr, "ncsnr"), None if n_repeats is None else Item("n_repeats",
+                                                                      np.asarray(n_repeats)),
+            {part: Item(f"fsaverage[{part!r}]", np.asarray(v))
+             for part, v in fsaverage.items()} if fsaverage else None)
         ids = (np.arange(len(store), dtype=np.int64) if image_ids is None
                else np.asarray(image_ids, dtype=np.int64))
         if ids.shape != (len(store),):

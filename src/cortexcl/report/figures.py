@@ -619,7 +619,8 @@ def surface_values(results: RunResults, data, subject: str
     rows = results.table[results.table["subject"] == subject]
     rois = [r for r in results.rois if r != WHOLE_HEMISPHERE and r in set(rows["roi"])]
     rois = rois or [WHOLE_HEMISPHERE]
-    hemispheres = [h for h in results.hemispheres if h in set(rows["hemisphere"])]
+    hemispheres = [h for h in results.hemispheres if h in set(rows["hemisphere"])
+                   and h in _PART and data.vertex_to_fsaverage(h) is not None]
     maps = {m: _SurfaceValues.empty(hemispheres) for m in results.methods}
     deltas = {m: _SurfaceValues.empty(hemispheres) for m in results.methods if m != BASELINE}
     notes: list[str] = []
@@ -684,6 +685,9 @@ def surface_maps(results: RunResults, out_dir: Path, subject: str,
                             **results.manifest().get("data_options", {}))
     except (InputError, OSError) as error:
         return [], [f"Surface maps skipped: cannot read {subject} in {data_root} ({error})."]
+    if not any(h in _PART and data.vertex_to_fsaverage(h) is not None for h in data.hemispheres):
+        return [], ["Surface maps skipped: the data give no fsaverage vertex of their units "
+                    "(layout folder: fsaverage/lh.npy, fsaverage/rh.npy)."]
     r_maps, delta_maps, notes = surface_values(results, data, subject)
     if not r_maps:
         return [], [*notes, "Surface maps skipped: no vertex of the ROIs lies on fsaverage5."]
