@@ -1008,6 +1008,59 @@ def _(folder: Path) -> None:
                 lambda d: np.full_like(d, np.nan))
 
 
+# The folder layout (data.layout: folder) -------------------------------------------------------
+
+FOLDER = "{case}/own/subj01"
+
+
+def write_folder(folder: Path) -> None:
+    """A valid folder-layout subject (the tiny subject's images, lh responses, V1v as 'v1')
+    and a study reading it."""
+    import shutil
+
+    source = folder / "data" / "subj01"
+    target = folder / "own" / "subj01"
+    (target / "images").mkdir(parents=True)
+    (target / "rois").mkdir()
+    for path in sorted((source / "training_split" / "training_images").glob("*.png")):
+        shutil.copyfile(path, target / "images" / path.name)
+    responses = np.load(source / "training_split" / "training_fmri" / "lh_training_fmri.npy")
+    np.save(target / "responses.npy", responses)
+    labels = np.load(source / "roi_masks" / "lh.prf-visualrois_challenge_space.npy")
+    np.save(target / "rois" / "v1.npy", labels == 1)
+    write_config(folder, data={"layout": "folder", "root": str(folder / "own"),
+                               "subjects": [1], "image_size": 64},
+                 selection={"hemispheres": ["units"], "rois": ["v1"], "min_vertices": 1})
+
+
+@case("folder-fewer-rows", RUN, f"{FOLDER}/responses.npy", f"{N_IMAGES - 1} rows but "
+      f"{N_IMAGES} images")
+def _(folder: Path) -> None:
+    """The responses have one row fewer than there are images."""
+    write_folder(folder)
+    path = _path(folder, f"{FOLDER}/responses.npy")
+    np.save(path, np.load(path)[:-1])
+
+
+@case("folder-mask-length", RUN, f"{FOLDER}/rois/v1.npy", "mask of 299 entries but the "
+      "responses have 300 units")
+def _(folder: Path) -> None:
+    """An ROI mask is one entry shorter than the units."""
+    write_folder(folder)
+    path = _path(folder, f"{FOLDER}/rois/v1.npy")
+    np.save(path, np.load(path)[:-1])
+
+
+@case("folder-not-an-image", RUN, f"{FOLDER}/images/notes.txt", "cannot decode image")
+def _(folder: Path) -> None:
+    """A text file sits among the images (with one response row for it)."""
+    write_folder(folder)
+    _path(folder, f"{FOLDER}/images/notes.txt").write_text("stimulus notes\n")
+    path = _path(folder, f"{FOLDER}/responses.npy")
+    responses = np.load(path)
+    np.save(path, np.concatenate([responses, responses[:1]]))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Build every case (or the cases named after OUT_DIR) into ``OUT_DIR/<name>/``."""
     args = sys.argv[1:] if argv is None else argv

@@ -203,7 +203,6 @@ class Subject:
         store = images if isinstance(images, ImageStore) else ImageStore(
             list(images), size=image_size, cache_dir=cache_dir, progress=progress)
         several = isinstance(responses, Mapping)
-        parts = dict(responses) if several else {SINGLE_PART: responses}
 
         def items(values, what: str) -> dict[str, Item] | None:
             if values is None:
@@ -218,7 +217,7 @@ class Subject:
             roi_items[part] = {name: Item(f"{label}[{name!r}]", np.asarray(mask))
                                for name, mask in table.items()}
         checked = check_parts(
-            len(store), items(parts, "responses"), roi_items, items(noise_ceiling,
+            len(store), items(responses, "responses"), roi_items, items(noise_ceiling,
                                                                     "noise_ceiling"),
             items(ncsnr, "ncsnr"), None if n_repeats is None else Item("n_repeats",
                                                                       np.asarray(n_repeats)),
