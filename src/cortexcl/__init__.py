@@ -13,12 +13,16 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "InputError": "cortexcl.errors",
-    "Subject": "cortexcl.data.algonauts",
+    "Subject": "cortexcl.data.subject",
     "load_subject": "cortexcl.data.algonauts",
+    "load_nsd_subject": "cortexcl.data.nsd",
+    "load_folder_subject": "cortexcl.data.folder",
+    "open_subject": "cortexcl.data.layouts",
     "ImageStore": "cortexcl.data.images",
     "Split": "cortexcl.data.splits",
     "make_splits": "cortexcl.data.splits",
     "simulate_subject": "cortexcl.data.simulate",
+    "simulate_nsd": "cortexcl.data.simulate",
     "load_alexnet": "cortexcl.models.backbones",
     "CANDIDATE_LAYERS": "cortexcl.models.backbones",
     "ContrastiveModel": "cortexcl.models.contrastive",

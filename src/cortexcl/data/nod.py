@@ -551,6 +551,7 @@ class NODSubject:
     """
 
     rois: tuple[str, ...] = NOD_ROIS
+    hemispheres: tuple[str, ...] = HEMISPHERES
 
     def data_notes(self, hemisphere: str) -> dict[str, int]:
         """Counts of what reading the data changed: ``n_constant_vertex_runs``, the (vertex,
