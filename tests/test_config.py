@@ -179,7 +179,11 @@ def test_another_weights_file_at_the_same_path_reruns_every_job(tmp_path):
     ({"data": {"layout": "nsd", "ncsnr": "/x"}}, "ncsnr: options of layout algonauts"),
     ({"data": {"layout": "nsd", "sessions": [5, 2]}}, "1 <= first <= last, got [5, 2]"),
     ({"encoding": {"split": "sessions"}}, "split: sessions needs scan sessions: data.layout: nsd"),
-    ({"data": {"layout": "nod"}}, "layout"),
+    ({"data": {"layout": "nod"}}, "data.root: layout nod reads a dataset folder"),
+    ({"data": {"nod": {"top_k": 10}}}, "nod: options of layout nod"),
+    ({"data": {"layout": "nod", "root": "/x"}, "selection": {"hemispheres": ["IT"]}},
+     "'lh' or 'rh'"),
+    ({"data": {"layout": "xyz"}}, "'algonauts', 'nsd', 'nod' or 'folder'"),
 ])
 def test_layout_options_belong_to_their_layout(raw, problem):
     with pytest.raises(InputError, match=re.escape(problem)):

@@ -502,3 +502,28 @@ def test_constant_runs_are_counted(nod_root: Path, nod_copy: Path) -> None:
     run_rows = (subject.trials["session"] == 1) & (subject.trials["run"] == 2)
     flat = subject.responses("lh")[run_rows.to_numpy()][:, :3]
     assert np.all(flat == 0)
+
+
+def test_a_study_runs_on_the_nod_layout(nod_root: Path, tmp_path: Path, monkeypatch) -> None:
+    """NOD as the study's own data: tuned on NOD V1, the tables name subjects subjNN."""
+    from cortexcl.config import parse_config
+    from cortexcl.study.runner import run_study
+
+    monkeypatch.setenv("CORTEXCL_CACHE", str(tmp_path / "cache"))
+    config = parse_config({
+        "name": "nod", "seeds": [0], "backbone": {"weights": "none"},
+        "methods": ["untuned", "cl"],
+        "data": {"layout": "nod", "root": str(nod_root), "subjects": [1], "image_size": 64,
+                 "nod": {"sessions": [1, 2], "top_k": None}},
+        "selection": {"hemispheres": ["lh"], "rois": ["v1"], "min_vertices": 5},
+        "tuning": {"cl": {"epochs": 1, "batch_size": 16}},
+        "encoding": {"n_components": 8}, "evaluation": {"mutual_info": False}})
+    assert config.selection.rois == ["v1"]  # checked against the data when read: V1
+    _, report = run_study(config, tmp_path / "run", progress=False, announce=lambda _: None)
+    assert report.ok
+    table = pd.read_csv(tmp_path / "run" / "tables" / "encoding.csv")
+    assert set(table["subject"]) == {"subj01"} and set(table["roi"]) == {"V1"}
+    assert sorted(table["method"]) == ["cl", "untuned"]
+    direct = load(nod_root, sessions=(1, 2), top_k=None)
+    assert (table["n_vertices"] == direct.roi_indices("lh", "V1").size).all()
+    assert (table["n_train"] + table["n_val"] + table["n_test"] == direct.n_images).all()

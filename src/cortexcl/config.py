@@ -26,10 +26,10 @@ from cortexcl.errors import InputError
 from cortexcl.statistics import N_BOOTSTRAP, N_PERMUTATIONS
 
 
-def _own_names(info: ValidationInfo) -> bool:
-    """Whether the study reads a dataset with its own part and ROI names (layout folder): its
-    names are checked against the data when it is loaded, not here."""
-    return (info.context or {}).get("layout") == "folder"
+def _own_names(info: ValidationInfo, parts: bool = False) -> bool:
+    """Whether the study reads a dataset with its own ROI names (layouts nod and folder) or,
+    with ``parts``, part names (folder): they are checked against the data when it is read."""
+    return (info.context or {}).get("layout") in (("folder",) if parts else ("nod", "folder"))
 
 
 def _expanded_rois(rois: list[str], info: ValidationInfo) -> list[str]:
@@ -42,7 +42,7 @@ def _expanded_rois(rois: list[str], info: ValidationInfo) -> list[str]:
 
 
 def _hemisphere(hemisphere: str, info: ValidationInfo) -> str:
-    if hemisphere not in HEMISPHERES and not _own_names(info):
+    if hemisphere not in HEMISPHERES and not _own_names(info, parts=True):
         raise ValueError("Input should be 'lh' or 'rh' (the parts of NSD data; layout folder "
                          "takes its own)")
     return hemisphere
@@ -89,14 +89,29 @@ class SimulationConfig(_Strict):
     seed: int = 0
 
 
+class NODReadingConfig(_Strict):
+    """How NOD subjects are read (`cortexcl.data.nod.load_nod_subject`)."""
+
+    sessions: list[int] = Field(default_factory=lambda: [1, 2, 3, 4], min_length=1,
+                                description="ImageNet sessions of a real root (a simulated NOD "
+                                            "uses all its sessions)")
+    top_k: int | None = Field(50, ge=1, description="vertices per area by pRF R²; null = all")
+    normalization: Literal["run", "block"] = Field(
+        "run", description="run: z-score each vertex per run; block: the published whole-run "
+                           "z-score")
+    image_fit: Literal["stretch", "crop"] = Field(
+        "stretch", description="stretch the 4:3 stimuli to squares (published) or keep their "
+                               "aspect: shorter side resized, centre cropped")
+
+
 class DataConfig(_Strict):
     """Where the subjects come from: a dataset root of a layout, or a simulation if ``root`` is
     null."""
 
-    layout: Literal["algonauts", "nsd", "folder"] = Field(
+    layout: Literal["algonauts", "nsd", "nod", "folder"] = Field(
         "algonauts", description="algonauts: the Algonauts 2023 challenge release; nsd: the "
-                                 "native NSD release (fsaverage betas); folder: a lab's own "
-                                 "images and responses")
+                                 "native NSD release (fsaverage betas); nod: the Natural Object "
+                                 "Dataset (ds004496); folder: a lab's own images and responses")
     root: Path | None = None
     simulate: SimulationConfig = SimulationConfig()
     subjects: list[int] = Field(default_factory=lambda: [1], min_length=1)
@@ -114,10 +129,13 @@ class DataConfig(_Strict):
     ncsnr: Path | None = Field(
         None, description="layout algonauts: root of the native NSD release, for noise "
                           "ceilings (its {lh,rh}.ncsnr.mgh and design file)")
+    nod: NODReadingConfig = Field(NODReadingConfig(), description="layout nod: how subjects "
+                                                                  "are read")
 
     @model_validator(mode="after")
     def _layout_options(self) -> DataConfig:
-        options = {"nsd": ("rois", "sessions", "space"), "algonauts": ("ncsnr",)}
+        options = {"nsd": ("rois", "sessions", "space"), "algonauts": ("ncsnr",),
+                   "nod": ("nod",)}
         for layout, names in options.items():
             given = [name for name in names  # a dumped config holds the defaults too
                      if getattr(self, name) != DataConfig.model_fields[name].default]
@@ -236,22 +254,12 @@ class NODSimulationConfig(_Strict):
     seed: int = 0
 
 
-class NODTransferConfig(_Strict):
+class NODTransferConfig(NODReadingConfig):
     """NSD backbones encode the Natural Object Dataset's V1-V4 (docs/method.md §4)."""
 
     root: Path | None = Field(None, description="ds004496 root; null = a simulated NOD")
     simulate: NODSimulationConfig = NODSimulationConfig()
     subjects: list[int] = Field(default_factory=lambda: [1], min_length=1)
-    sessions: list[int] = Field(default_factory=lambda: [1, 2, 3, 4], min_length=1,
-                                description="ImageNet sessions of a real root (a simulated NOD "
-                                            "uses all its sessions)")
-    top_k: int | None = Field(50, ge=1, description="vertices per area by pRF R²; null = all")
-    normalization: Literal["run", "block"] = Field(
-        "run", description="run: z-score each vertex per run; block: the published whole-run "
-                           "z-score")
-    image_fit: Literal["stretch", "crop"] = Field(
-        "stretch", description="stretch the 4:3 stimuli to squares (published) or keep their "
-                               "aspect: shorter side resized, centre cropped")
     stream: Literal["ventral", "dorsal"] = Field(
         "ventral", description="NSD V1-V3 models used for NOD V1-V3: V1v… or V1d…")
     methods: list[Method] = Field(default_factory=lambda: ["untuned", "cl"], min_length=1)
@@ -425,15 +433,15 @@ class StudyConfig(_Strict):
             missing = sorted(set(evaluation.nod_transfer.methods) - methods)
             raise ValueError(f"evaluation.nod_transfer.methods: {', '.join(missing)} not among "
                              f"the study's methods")
-        if self.data.layout == "folder":
+        if self.data.layout in ("nod", "folder"):
             if self.data.root is None:
-                raise ValueError("data.root: layout folder reads your own data (nothing to "
-                                 "simulate); give its folder")
+                raise ValueError(f"data.root: layout {self.data.layout} reads a dataset folder "
+                                 f"(nothing is simulated for it); give its root")
             used = [name for name in ("classification", "nod_transfer")
                     if getattr(evaluation, name) is not None]
             if used:
-                raise ValueError(f"evaluation.{used[0]}: needs the challenge's ROIs and "
-                                 f"hemispheres, which layout folder does not have")
+                raise ValueError(f"evaluation.{used[0]}: needs NSD's ROIs and hemispheres, "
+                                 f"which layout {self.data.layout} does not have")
         if self.encoding.split == "sessions" and self.data.layout != "nsd":
             raise ValueError("encoding.split: sessions needs scan sessions: data.layout: nsd")
         if self.encoding.layers:

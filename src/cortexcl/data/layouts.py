@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from cortexcl.data.algonauts import load_subject
+from cortexcl.data.nod import NODSubject
 from cortexcl.data.subject import Subject, subject_name
 from cortexcl.errors import InputError
 
-LAYOUTS = ("algonauts", "nsd", "folder")
+LAYOUTS = ("algonauts", "nsd", "nod", "folder")
 
 
 def open_subject(
@@ -24,7 +25,8 @@ def open_subject(
     space: str = "challenge",
     rois: str | Path | None = None,
     ncsnr: str | Path | None = None,
-) -> Subject:
+    nod: Mapping[str, Any] | None = None,
+) -> Subject | NODSubject:
     """Open one subject of a dataset in ``layout``.
 
     Parameters
@@ -33,9 +35,9 @@ def open_subject(
         The dataset root.
     subject : int or str
         Subject number or name.
-    layout : {"algonauts", "nsd", "folder"}
-        `cortexcl.data.algonauts.load_subject`, `cortexcl.data.nsd.load_nsd_subject` or
-        `cortexcl.data.folder.load_folder_subject`.
+    layout : {"algonauts", "nsd", "nod", "folder"}
+        `cortexcl.data.algonauts.load_subject`, `cortexcl.data.nsd.load_nsd_subject`,
+        `cortexcl.data.nod.load_nod_subject` or `cortexcl.data.folder.load_folder_subject`.
     image_size, progress
         As for the readers.
     sessions : sequence of int, optional
@@ -44,6 +46,9 @@ def open_subject(
         nsd: as for `load_nsd_subject`; ``{subject}`` in ``rois`` stands for ``subjNN``.
     ncsnr : str or Path, optional
         algonauts: the native NSD release root, for noise ceilings.
+    nod : mapping, optional
+        nod: keyword arguments of `load_nod_subject` (sessions, top_k, normalization,
+        image_fit). The subject keeps the study's name, ``subjNN``.
 
     Raises
     ------
@@ -58,6 +63,14 @@ def open_subject(
             root, name, image_size=image_size, progress=progress, space=space,
             sessions=range(sessions[0], sessions[-1] + 1) if sessions else None,
             rois=str(rois).replace("{subject}", name) if rois else None)
+    if layout == "nod":
+        from cortexcl.data.nod import load_nod_subject
+
+        name = subject_name(subject)
+        data = load_nod_subject(root, int(name.removeprefix("subj")), image_size=image_size,
+                                progress=progress, **(nod or {}))
+        data.name = name  # results name subjects subjNN in every layout; data.root is sub-XX
+        return data
     if layout == "folder":
         from cortexcl.data.folder import load_folder_subject
 
@@ -72,7 +85,9 @@ def layout_options(data: Any) -> dict[str, Any]:
     """The reader options of a study's ``data`` section (a `cortexcl.config.DataConfig`), as
     JSON-ready keyword arguments of `open_subject` (recorded in the run's manifest)."""
     options = {"layout": data.layout}
-    if data.layout == "nsd":
+    if data.layout == "nod":
+        options["nod"] = data.nod.model_dump(mode="json")
+    elif data.layout == "nsd":
         options.update(sessions=list(data.sessions) if data.sessions else None, space=data.space,
                        rois=str(data.rois) if data.rois else None)
     elif data.ncsnr is not None:

@@ -553,6 +553,18 @@ class NODSubject:
     rois: tuple[str, ...] = NOD_ROIS
     hemispheres: tuple[str, ...] = HEMISPHERES
 
+    @property
+    def roi_names(self) -> tuple[str, ...]:
+        """The dataset's ROI names, V1-V4."""
+        return self.rois
+
+    def vertex_to_fsaverage(self, hemisphere: str) -> None:
+        """None: NOD's vertices lie on fsLR, not fsaverage (no surface maps are drawn)."""
+        check_hemisphere(hemisphere)
+
+    def held_out_images(self) -> None:
+        """None: no held-out sessions (``split: sessions`` is for the NSD layout)."""
+
     def data_notes(self, hemisphere: str) -> dict[str, int]:
         """Counts of what reading the data changed: ``n_constant_vertex_runs``, the (vertex,
         run) pairs whose betas were constant over the run and so z-scored to 0."""
