@@ -6,7 +6,8 @@ real subject-01 Algonauts masks (``data.rois`` pointing to an Algonauts ``roi_ma
 19,004 / 20,544 challenge vertices). Each measurement runs in a fresh process so that its peak
 resident memory is its own: the first read (per-session z-scoring and repeat averaging into
 the response cache) for the challenge space and the whole cortex, and a second read (cache
-hit). Images are not measured (the image store is shared with the other layouts).
+hit). Images are not measured (the image store is shared with the other layouts). The root
+is written by a separate process too, so that no measured process inherits its memory.
 
 Usage::
 
@@ -84,11 +85,19 @@ def measure(root: Path, space: str, cache: Path) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=3)
+    parser.add_argument("--write-only", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.write_only is not None:
+        write_root(args.write_only, args.sessions)
+        return
     with tempfile.TemporaryDirectory(prefix="nsd-bench-") as tmp:
         root, cache = Path(tmp) / "nsd", Path(tmp) / "cache"
         start = time.perf_counter()
-        write_root(root, args.sessions)
+        # In its own process: a child inherits its parent's peak RSS on Linux, so the parent
+        # must stay small for the measurements to be their own.
+        subprocess.run([sys.executable, __file__, "--sessions", str(args.sessions),
+                        "--write-only", str(root)], check=True,
+                       env={**os.environ, "PYTHONPATH": str(REPO / "src")})
         written = time.perf_counter() - start
         result = {"sessions": args.sessions, "trials_per_session": N_TRIALS,
                   "surface_vertices": N_VERTICES, "write_s": round(written, 1)}
