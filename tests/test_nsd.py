@@ -185,7 +185,7 @@ def test_simulate_command_writes_the_nsd_layout(tmp_path):
     assert "Traceback" not in wrong.stderr
 
 
-def test_a_study_runs_on_the_nsd_layout_with_the_session_split(tmp_path):
+def test_a_study_runs_on_the_nsd_layout_with_the_session_split(nsd_root, tmp_path):
     import pandas as pd
 
     from cortexcl.config import parse_config
@@ -194,14 +194,13 @@ def test_a_study_runs_on_the_nsd_layout_with_the_session_split(tmp_path):
     config = parse_config({
         "name": "nsd", "seeds": [0], "backbone": {"weights": "none"},
         "methods": ["untuned", "cl"],
-        "data": {"layout": "nsd", "subjects": [1], "image_size": 64,
-                 "simulate": {"n_images": 60, "n_sessions": 5, "image_size": 32,
-                              "roi_scale": 0.03}},
-        "selection": {"hemispheres": ["rh"], "rois": ["V1v"], "min_vertices": 5},
+        "data": {"layout": "nsd", "root": str(nsd_root), "subjects": [1], "image_size": 64},
+        "selection": {"hemispheres": ["lh"], "rois": ["V1v"], "min_vertices": 5},
         "tuning": {"cl": {"epochs": 1, "batch_size": 16}},
         "encoding": {"n_components": 8, "split": "sessions"},
         "evaluation": {"mutual_info": False}})
-    _, report = run_study(config, tmp_path / "run", progress=False, announce=lambda _: None)
+    said = []
+    _, report = run_study(config, tmp_path / "run", progress=False, announce=said.append)
     assert report.ok
     table = pd.read_csv(tmp_path / "run" / "tables" / "encoding.csv")
     assert sorted(table["method"]) == ["cl", "untuned"]
@@ -209,6 +208,23 @@ def test_a_study_runs_on_the_nsd_layout_with_the_session_split(tmp_path):
     assert (table["n_test"] == len(split["test"])).all()
     assert table["mean_noise_ceiling"].between(0, 1).all()
     assert table["mean_nc_score"].notna().all()
+    assert (table["n_nan_vertices"] == NAN_VERTICES).all()
+    assert f"subj01 lh: {NAN_VERTICES} vertices left out (NaN or infinite betas" in "\n".join(said)
+    assert list((tmp_path / "run" / "figures").glob("surface_r_*.png"))
+
+
+def test_a_study_without_a_root_simulates_the_nsd_layout(tmp_path, monkeypatch):
+    from cortexcl.config import parse_config
+    from cortexcl.data.layouts import layout_options, open_subject
+    from cortexcl.study.runner import prepare_data
+
+    config = parse_config({"data": {"layout": "nsd", "simulate": {
+        "n_images": 40, "n_sessions": 4, "image_size": 32, "roi_scale": 0.02}}})
+    root = prepare_data(config, progress=False)
+    assert root.name.startswith("v2-nsd-")
+    subject = open_subject(root, 1, image_size=32, progress=False,
+                           **layout_options(config.data))
+    assert subject.n_images == 40 and set(subject.n_repeats) <= {1, 2, 3}
 
 
 def write_challenge_release(nsd_root: Path, out: Path) -> Path:

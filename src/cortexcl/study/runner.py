@@ -206,6 +206,12 @@ def run_study(config: StudyConfig, out: str | Path, *, dry_run: bool = False,
                            device=device or config.execution.device, progress=progress)
     jobs = plan_jobs(config, context.roi_size)
     check_inputs(context)
+    for name in map(subject_name, config.data.subjects):
+        for hemisphere in config.selection.hemispheres:
+            excluded = context.subject(name).data_notes(hemisphere).get("n_nan_vertices", 0)
+            if excluded:
+                announce(f"{name} {hemisphere}: {excluded} vertices left out (NaN or infinite "
+                         f"betas in some session; column n_nan_vertices of the tables)")
     with run.create(identity, fresh=fresh):
         _remove_leftovers(run)
         run.write_config(config.model_dump(mode="json"))
