@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cortexcl.data.algonauts import Subject, load_subject, subject_name
+from cortexcl.data.algonauts import load_subject
 from cortexcl.data.rois import HEMISPHERES, ROI_CLASSES, ROI_NAMES
+from cortexcl.data.subject import Subject, subject_name
 from cortexcl.errors import InputError
 
 

@@ -1,4 +1,4 @@
-"""Reader of a lab's own dataset in a minimal folder layout (README "Data layouts").
+"""Reader of a lab's own dataset in a minimal folder layout (README, "Your own data").
 
 ::
 

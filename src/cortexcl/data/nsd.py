@@ -1,4 +1,4 @@
-"""Reader of the native Natural Scenes Dataset release, fsaverage betas (docs/layouts.md).
+"""Reader of the native Natural Scenes Dataset release, fsaverage betas (README, "Data").
 
 ::
 
