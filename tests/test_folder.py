@@ -176,11 +176,11 @@ def test_config_takes_the_folders_own_names_and_refuses_what_needs_the_challenge
                            "selection": {"hemispheres": ["V4", "IT"], "rois": ["face-patch"]}})
     assert config.selection.hemispheres == ["V4", "IT"]
     assert config.selection.rois == ["face-patch"]
-    with pytest.raises(InputError, match="layout folder reads your own data"):
+    with pytest.raises(InputError, match="layout folder reads a dataset folder"):
         parse_config({"data": {"layout": "folder"}})
     with pytest.raises(InputError, match="'lh' or 'rh'"):
         parse_config({"selection": {"hemispheres": ["V4"]}})
-    with pytest.raises(InputError, match="evaluation.classification: needs the challenge's"):
+    with pytest.raises(InputError, match="evaluation.classification: needs NSD.s ROIs"):
         parse_config({"data": {"layout": "folder", "root": "/data"},
                       "evaluation": {"classification": {"dataset": "fake"}}})
 
@@ -203,3 +203,32 @@ def test_a_study_runs_on_the_folder_layout(tmp_path):
     assert set(table["hemisphere"]) == {"IT"} and set(table["roi"]) == {"face-patch"}
     assert table["mean_noise_ceiling"].between(0, 1).all()
     assert (tmp_path / "run" / "report.html").is_file()
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    (lambda f: np.save(f / "noise_ceiling" / "MT.npy", np.full(10, 0.5)),
+     "MT.npy: noise ceiling of part 'MT', which has no responses (parts: IT, V4)"),
+    (lambda f: (f / "fsaverage").mkdir() or np.save(f / "fsaverage" / "lh.npy", np.arange(10)),
+     "lh.npy: fsaverage vertices of part 'lh', which has no responses"),
+    (lambda f: (f / "rois" / "MT").mkdir() or np.save(f / "rois" / "MT" / "x.npy",
+                                                      np.ones(10, bool)),
+     "x.npy: ROIs of part 'MT', which has no responses"),
+    (lambda f: (f / "images" / "extra").mkdir(), "extra: a folder; images/ must hold only"),
+])
+def test_files_of_unknown_parts_and_stray_folders_are_refused(tmp_path, change, problem):
+    dataset(tmp_path, {"IT": 10, "V4": 12})
+    change(tmp_path / "subj01")
+    with pytest.raises(InputError) as raised:
+        load_folder_subject(tmp_path, 1, image_size=32, progress=False)
+    assert problem in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_from_arrays_wants_rois_per_part_and_distinct_ids(tmp_path):
+    paths = write_images(tmp_path / "images", n=4)
+    parts = {"A": np.zeros((4, 3), np.float32), "B": np.zeros((4, 2), np.float32)}
+    with pytest.raises(InputError, match=r"rois\['x'\]: with responses of several parts"):
+        Subject.from_arrays(paths, parts, rois={"x": np.ones(3, bool)}, image_size=32,
+                            progress=False)
+    with pytest.raises(InputError, match="image_ids: expected 4 distinct ids"):
+        Subject.from_arrays(paths, parts, image_ids=[1, 1, 2, 3], image_size=32,
+                            progress=False)

@@ -527,3 +527,4 @@ def test_a_study_runs_on_the_nod_layout(nod_root: Path, tmp_path: Path, monkeypa
     direct = load(nod_root, sessions=(1, 2), top_k=None)
     assert (table["n_vertices"] == direct.roi_indices("lh", "V1").size).all()
     assert (table["n_train"] + table["n_val"] + table["n_test"] == direct.n_images).all()
+    assert table["mean_noise_ceiling"].between(0, 1).all()  # the simulator's ground truth

@@ -19,6 +19,7 @@ import scipy.stats
 from cortexcl.config import EncodingConfig
 from cortexcl.data import nsd
 from cortexcl.data.nsd import betas_folder, load_nsd_subject
+from cortexcl.data.rois import ROI_CLASSES
 from cortexcl.data.simulate import simulate_nsd
 from cortexcl.encoding.pipeline import subject_split
 from cortexcl.errors import InputError
@@ -79,6 +80,11 @@ def test_responses_match_an_independent_computation(nsd_root, monkeypatch):
         np.testing.assert_allclose(subject.responses(hemisphere), means[:, kept], atol=2e-5)
         assert subject.data_notes(hemisphere)["n_nan_vertices"] == len(nan_truth[hemisphere])
     assert subject.data_notes("lh")["n_nan_vertices"] == NAN_VERTICES
+    streams = nib.load(nsd_root / "nsddata/freesurfer/subj01/label/lh.streams.mgz")
+    stream_labels = streams.get_fdata().ravel()[nan_truth["lh"]]
+    for label, roi in ROI_CLASSES["streams"].items():  # per ROI: the excluded vertices in it
+        assert subject.data_notes("lh", roi)["n_nan_vertices"] == np.sum(stream_labels == label)
+    assert subject.data_notes("lh", "all")["n_nan_vertices"] == NAN_VERTICES
     assert np.isnan(reference(nsd_root, "lh", sessions)[1][:, nan_truth["lh"]]).any()
 
 
@@ -208,7 +214,10 @@ def test_a_study_runs_on_the_nsd_layout_with_the_session_split(nsd_root, tmp_pat
     assert (table["n_test"] == len(split["test"])).all()
     assert table["mean_noise_ceiling"].between(0, 1).all()
     assert table["mean_nc_score"].notna().all()
-    assert (table["n_nan_vertices"] == NAN_VERTICES).all()
+    nan = json.loads((nsd_root / "ground_truth/subj01/nan_vertices.json").read_text())["lh"]
+    labels = nib.load(nsd_root / "nsddata/freesurfer/subj01/label/lh.prf-visualrois.mgz")
+    in_v1v = int(np.sum(labels.get_fdata().ravel()[nan] == 1))  # V1v is label 1
+    assert (table["n_nan_vertices"] == in_v1v).all()  # counted within the ROI
     assert f"subj01 lh: {NAN_VERTICES} vertices left out (NaN or infinite betas" in "\n".join(said)
     assert list((tmp_path / "run" / "figures").glob("surface_r_*.png"))
 

@@ -968,6 +968,21 @@ def _(folder: Path) -> None:
     scipy.io.savemat(path, content)
 
 
+@case("nsd-design-garbage", RUN, NSD_DESIGN, "not a readable MATLAB file")
+def _(folder: Path) -> None:
+    """The NSD design file holds a line of text."""
+    write_nsd(folder)
+    _path(folder, NSD_DESIGN).write_text("hello\n")
+
+
+@case("nsd-one-ncsnr-missing", RUN, f"{NSD_BETAS}/rh.ncsnr.mgh",
+      "file not found (the other hemisphere has its ncsnr)")
+def _(folder: Path) -> None:
+    """The right hemisphere's ncsnr file is missing, the left one's is there."""
+    write_nsd(folder)
+    _path(folder, f"{NSD_BETAS}/rh.ncsnr.mgh").unlink()
+
+
 @case("nsd-stimuli-no-imgbrick", RUN, NSD_STIMULI, "no dataset 'imgBrick'", "images")
 def _(folder: Path) -> None:
     """The stimuli HDF5 file names its image array ``images`` instead of ``imgBrick``."""
@@ -1051,14 +1066,21 @@ def _(folder: Path) -> None:
     np.save(path, np.load(path)[:-1])
 
 
-@case("folder-not-an-image", RUN, f"{FOLDER}/images/notes.txt", "cannot decode image")
+@case("folder-not-an-image", RUN, f"{FOLDER}/images/notes.txt",
+      "not an image file (by its suffix)")
 def _(folder: Path) -> None:
-    """A text file sits among the images (with one response row for it)."""
+    """A text file sits among the images."""
     write_folder(folder)
     _path(folder, f"{FOLDER}/images/notes.txt").write_text("stimulus notes\n")
-    path = _path(folder, f"{FOLDER}/responses.npy")
-    responses = np.load(path)
-    np.save(path, np.concatenate([responses, responses[:1]]))
+
+
+@case("folder-image-undecodable", RUN, f"{FOLDER}/images/aaa-broken.png", "cannot decode image")
+def _(folder: Path) -> None:
+    """An image file (the first by name) holds text."""
+    write_folder(folder)
+    path = sorted(_path(folder, f"{FOLDER}/images").glob("*.png"))[0]
+    path.rename(path.with_name("aaa-broken.png"))
+    path.with_name("aaa-broken.png").write_text("not a picture\n")
 
 
 def main(argv: list[str] | None = None) -> int:

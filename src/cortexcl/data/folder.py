@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from cortexcl.data.algonauts import _check_finite, _open_fmri
 from cortexcl.data.images import ImageStore
@@ -141,11 +142,13 @@ def check_parts(
         _check_finite(value, Path(item.label))
         checked[part] = value
         n_units[part] = value.shape[1]
-    unknown = sorted(set(rois) - set(responses))
-    if unknown:
-        raise InputError(f"{next(iter(rois[unknown[0]].values())).label}: ROIs of part "
-                         f"{unknown[0]!r}, which has no responses (parts: "
-                         f"{', '.join(responses)})")
+    for name, part_items in (("ROIs", {p: next(iter(t.values())) for p, t in rois.items() if t}),
+                             ("noise ceiling", ceiling), ("ncsnr", ncsnr),
+                             ("fsaverage vertices", fsaverage)):
+        for part, item in (part_items or {}).items():
+            if part not in responses:
+                raise InputError(f"{item.label}: {name} of part {part!r}, which has no "
+                                 f"responses (parts: {', '.join(responses)})")
     columns: dict[str, dict[str, np.ndarray]] = {}
     names: list[str] = []
     for part, table in rois.items():
@@ -191,11 +194,6 @@ def check_parts(
                 raise InputError(f"{item.label}: expected fsaverage vertex indices "
                                  f"0-{FSAVERAGE_N_VERTICES - 1}")
             vertices[part] = value.astype(np.int64)
-    for name, part_items in (("noise ceiling", ceiling), ("ncsnr", ncsnr),
-                             ("fsaverage", fsaverage)):
-        for part, item in (part_items or {}).items():
-            if part not in responses:
-                raise InputError(f"{item.label}: {name} of part {part!r}, which has no responses")
     return CheckedParts(checked, columns, tuple(names), ceilings, ncsnrs, n_repeats, vertices)
 
 
@@ -209,6 +207,14 @@ def _images(folder: Path) -> tuple[list[Path], np.ndarray]:
         paths = sorted(p for p in image_dir.iterdir() if not p.name.startswith("."))
         if not paths:
             raise InputError(f"{image_dir}: no image files")
+        Image.init()
+        known = Image.registered_extensions()
+        stray = next((p for p in paths if not p.is_file() or p.suffix.lower() not in known),
+                     None)
+        if stray is not None:
+            what = "a folder" if stray.is_dir() else "not an image file (by its suffix)"
+            raise InputError(f"{stray}: {what}; images/ must hold only the images, or "
+                             "stimuli.tsv list them")
         return paths, np.arange(len(paths), dtype=np.int64)
     try:
         table = pd.read_csv(table_path, sep="\t", dtype={"file": str})

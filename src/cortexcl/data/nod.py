@@ -565,9 +565,10 @@ class NODSubject:
     def held_out_images(self) -> None:
         """None: no held-out sessions (``split: sessions`` is for the NSD layout)."""
 
-    def data_notes(self, hemisphere: str) -> dict[str, int]:
+    def data_notes(self, hemisphere: str, roi: str | None = None) -> dict[str, int]:
         """Counts of what reading the data changed: ``n_constant_vertex_runs``, the (vertex,
-        run) pairs whose betas were constant over the run and so z-scored to 0."""
+        run) pairs of the hemisphere whose betas were constant over the run and so z-scored
+        to 0 (``roi`` is accepted for the interface; the count is the hemisphere's)."""
         return {"n_constant_vertex_runs": int(self._constant_runs.get(hemisphere, 0))}
 
     def __init__(
@@ -665,7 +666,7 @@ class NODSubject:
         is ``ncsnr² / (ncsnr² + 1)`` whatever ``indices`` are.
         """
         check_hemisphere(hemisphere)
-        path = self.dataset_root / "derivatives" / "ground_truth" / self.name / (
+        path = self.dataset_root / "derivatives" / "ground_truth" / self.root.name / (
             f"{hemisphere}_ncsnr.npy")
         if not path.is_file():
             return None

@@ -54,7 +54,7 @@ TRIALS_PER_SESSION = 750
 NSD_SESSIONS = {1: 40, 2: 40, 3: 32, 4: 30, 5: 40, 6: 32, 7: 40, 8: 30}  # completed per subject
 HELD_OUT_SESSIONS = 3
 SPACES = ("challenge", "cortex")
-_CACHE_VERSION = "nsd-v1"
+_CACHE_VERSION = "nsd-v2"  # v2: excluded vertices kept
 _VERTEX_BLOCK = 8192  # vertices z-scored at once (750 trials: 49 MB in float64)
 _SESSION_FILE = re.compile(r"^(lh|rh)\.betas_session(\d+)\.mgh$")
 
@@ -111,7 +111,8 @@ def read_design(path: str | Path) -> Design:
         raise InputError(f"{path}: file not found")
     try:
         content = scipy.io.loadmat(path)
-    except (OSError, ValueError, TypeError, NotImplementedError) as error:
+    except (OSError, ValueError, TypeError, NotImplementedError,
+            scipy.io.matlab.MatReadError) as error:
         raise InputError(f"{path}: not a readable MATLAB file ({error})") from None
     for key in ("masterordering", "subjectim"):
         if key not in content:
@@ -398,6 +399,7 @@ def _build_responses(folder: Path, betas: dict[str, dict[int, Path]], trials: _T
             del final, source
             raw.unlink()
             np.save(folder / f"{hemisphere}_vertices.npy", vertices[hemisphere][keep])
+            np.save(folder / f"{hemisphere}_excluded.npy", vertices[hemisphere][bad])
             notes[hemisphere] = {"n_nan_vertices": int(bad.size),
                                  "n_constant_vertex_sessions": constant}
     np.savez(folder / "images.npz", nsd_ids=trials.images, n_repeats=trials.n_repeats,
@@ -454,7 +456,8 @@ def load_nsd_subject(
     Subject
         Rows are the images shown in the sessions, by ascending NSD id; columns the vertices
         of the space that are finite in every session (those with a NaN or infinite beta in
-        any session are excluded and counted in ``data_notes``: ``n_nan_vertices``).
+        any session are excluded and counted in ``data_notes``: ``n_nan_vertices``, of the
+        hemisphere or of an ROI).
         ``n_repeats`` counts each image's trials, ``held_out_images`` lists the images shown
         only in the last three sessions (the test part of ``split: sessions``, as the
         challenge's test images), and ``noise_ceiling`` uses ``{hemi}.ncsnr.mgh`` when
@@ -494,7 +497,11 @@ def load_nsd_subject(
     vertices = {h: challenge[h] if space == "challenge"
                 else np.arange(n_surface[h], dtype=np.int64) for h in HEMISPHERES}
     ncsnr_paths = {h: folder / f"{h}.ncsnr.mgh" for h in HEMISPHERES}
-    has_ncsnr = all(path.is_file() for path in ncsnr_paths.values())
+    has_ncsnr = [path.is_file() for path in ncsnr_paths.values()]
+    if any(has_ncsnr) and not all(has_ncsnr):
+        missing = next(path for path, found in zip(ncsnr_paths.values(), has_ncsnr, strict=True)
+                       if not found)
+        raise InputError(f"{missing}: file not found (the other hemisphere has its ncsnr)")
     images = HDF5ImageStore(root / STIMULI, IMAGE_DATASET, trials.images, size=image_size,
                             cache_dir=cache_dir, progress=progress)
 
@@ -511,8 +518,14 @@ def load_nsd_subject(
     fmri_paths = {h: cache / f"{h}.npy" for h in HEMISPHERES}
     n_vertices = {h: int(kept[h].size) for h in HEMISPHERES}
     notes = json.loads((cache / "notes.json").read_text())
+    roi_notes = {}  # vertices left out for NaN betas, per ROI
+    for hemisphere in HEMISPHERES:
+        excluded = np.load(cache / f"{hemisphere}_excluded.npy")
+        roi_notes[hemisphere] = {
+            name: {"n_nan_vertices": int(columns.size)} for name, columns in
+            labels_to_rois({c: labels[hemisphere][c][excluded] for c in ROI_CLASSES}).items()}
     ncsnr = None
-    if has_ncsnr:
+    if all(has_ncsnr):
         ncsnr = {}
         for hemisphere, path in ncsnr_paths.items():
             values = _surface_data(path)
@@ -526,7 +539,7 @@ def load_nsd_subject(
         {h: labels_to_rois({c: labels[h][c][kept[h]] for c in ROI_CLASSES})
          for h in HEMISPHERES},
         fsaverage_index=kept, ncsnr=ncsnr, n_repeats=trials.n_repeats, notes=notes,
-        held_out=trials.held_out)
+        roi_notes=roi_notes, held_out=trials.held_out)
 
 
 def challenge_noise(root: str | Path, subject: int | str, image_ids: np.ndarray,

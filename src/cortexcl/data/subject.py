@@ -106,6 +106,8 @@ class Subject:
         Per part, each unit's noise ceiling as a fraction, used as given.
     notes : dict of str to dict of str to int, optional
         Per part, counts of what reading changed (``data_notes``).
+    roi_notes : dict of str to dict of str to dict of str to int, optional
+        Per part and ROI, the same counts within the ROI.
     held_out : numpy.ndarray, optional
         Rows of the images of held-out sessions (``split: sessions``).
     hash_files : sequence of Path, optional
@@ -127,6 +129,7 @@ class Subject:
         n_repeats: np.ndarray | None = None,
         ceiling: Mapping[str, np.ndarray] | None = None,
         notes: Mapping[str, Mapping[str, int]] | None = None,
+        roi_notes: Mapping[str, Mapping[str, Mapping[str, int]]] | None = None,
         held_out: np.ndarray | None = None,
         hash_files: Sequence[Path] | None = None,
     ) -> None:
@@ -145,6 +148,8 @@ class Subject:
         self._n_repeats = n_repeats
         self._ceiling = dict(ceiling) if ceiling is not None else None
         self._notes = {part: dict(values) for part, values in (notes or {}).items()}
+        self._roi_notes = {part: {roi: dict(values) for roi, values in table.items()}
+                           for part, table in (roi_notes or {}).items()}
         self._held_out = held_out
         self._hash_files = list(hash_files) if hash_files is not None else [
             source for source in responses.values() if isinstance(source, Path)]
@@ -214,6 +219,9 @@ class Subject:
         roi_items: dict[str, dict[str, Item]] = {}
         for part, table in ((rois or {}).items() if several else [(SINGLE_PART, rois or {})]):
             label = f"rois[{part!r}]" if several else "rois"
+            if not isinstance(table, Mapping):
+                raise InputError(f"{label}: with responses of several parts, give the ROIs per "
+                                 "part: {part: {name: mask}}")
             roi_items[part] = {name: Item(f"{label}[{name!r}]", np.asarray(mask))
                                for name, mask in table.items()}
         checked = check_parts(
@@ -225,8 +233,8 @@ class Subject:
              for part, v in fsaverage.items()} if fsaverage else None)
         ids = (np.arange(len(store), dtype=np.int64) if image_ids is None
                else np.asarray(image_ids, dtype=np.int64))
-        if ids.shape != (len(store),):
-            raise InputError(f"image_ids: {ids.shape[0]} ids but {len(store)} images")
+        if ids.shape != (len(store),) or np.unique(ids).size != ids.size:
+            raise InputError(f"image_ids: expected {len(store)} distinct ids, one per image")
         return cls(name, Path("."), store, ids, checked.responses, checked.rois,
                    roi_names=checked.roi_names, fsaverage_index=checked.fsaverage,
                    ncsnr=checked.ncsnr, n_repeats=checked.n_repeats, ceiling=checked.ceiling)
@@ -367,10 +375,14 @@ class Subject:
             return None
         return self._fsaverage_index[hemisphere].copy()
 
-    def data_notes(self, hemisphere: str) -> dict[str, int]:
-        """Counts of what reading the data changed, e.g. ``n_nan_vertices`` excluded by the NSD
-        reader (empty for most layouts)."""
-        return dict(self._notes.get(self.check_part(hemisphere), {}))
+    def data_notes(self, hemisphere: str, roi: str | None = None) -> dict[str, int]:
+        """Counts of what reading the data changed, e.g. ``n_nan_vertices`` left out by the
+        NSD reader (empty for most layouts): of the part, or of the ROI ``roi`` where the
+        reader counted them per ROI."""
+        notes = dict(self._notes.get(self.check_part(hemisphere), {}))
+        if roi is not None and str(roi).strip().lower() != WHOLE_HEMISPHERE:
+            notes.update(self._roi_notes.get(hemisphere, {}).get(roi, {}))
+        return notes
 
     @property
     def n_repeats(self) -> np.ndarray | None:

@@ -289,7 +289,7 @@ def encode_subject(
                     | (np.ptp(model.predictions_, axis=0) == 0)
                 rows.append(_write_result(run, subject, hemisphere, roi, method, seed, model,
                                           nc, split.test, test_responses,
-                                          {**context, **subject.data_notes(hemisphere),
+                                          {**context, **subject.data_notes(hemisphere, roi),
                                            "n_constant": int(constant.sum())}))
     return pd.DataFrame(rows), pd.DataFrame(excluded)
 

@@ -24,6 +24,7 @@ from cortexcl.encoding.pipeline import (
     encode_subject,
     read_shared_selection,
     record_split,
+    subject_split,
     without_images,
 )
 from cortexcl.evaluation.cross_subject import CROSS_SUBJECT, write_cross_subject_tables
@@ -206,12 +207,7 @@ def run_study(config: StudyConfig, out: str | Path, *, dry_run: bool = False,
                            device=device or config.execution.device, progress=progress)
     jobs = plan_jobs(config, context.roi_size)
     check_inputs(context)
-    for name in map(subject_name, config.data.subjects):
-        for hemisphere in config.selection.hemispheres:
-            excluded = context.subject(name).data_notes(hemisphere).get("n_nan_vertices", 0)
-            if excluded:
-                announce(f"{name} {hemisphere}: {excluded} vertices left out (NaN or infinite "
-                         f"betas in some session; column n_nan_vertices of the tables)")
+    _announce_data(context, announce)
     with run.create(identity, fresh=fresh):
         _remove_leftovers(run)
         run.write_config(config.model_dump(mode="json"))
@@ -235,6 +231,28 @@ def run_study(config: StudyConfig, out: str | Path, *, dry_run: bool = False,
         if run.path("tables", "encoding.csv").is_file():
             build_report(run.root)
         return jobs, report
+
+
+def _announce_data(context: StudyContext, announce: Callable[[str], None]) -> None:
+    """Say what reading the data left out, and what a session split holds."""
+    config = context.config
+    for name in map(subject_name, config.data.subjects):
+        subject = context.subject(name)
+        for hemisphere in config.selection.hemispheres:
+            excluded = subject.data_notes(hemisphere).get("n_nan_vertices", 0)
+            if excluded:
+                announce(f"{name} {hemisphere}: {excluded} vertices left out (NaN or infinite "
+                         f"betas in some session; n_nan_vertices in the tables counts them per "
+                         f"ROI)")
+        if config.data.layout == "nsd" and subject.noise_ceiling(
+                config.selection.hemispheres[0]) is None:
+            announce(f"{name}: no noise ceilings ({subject.root}/{{lh,rh}}.ncsnr.mgh not "
+                     f"found); the tables report raw r only")
+        if config.encoding.split == "sessions":
+            split = subject_split(subject, config.split_seed, config.encoding)
+            announce(f"{name}: split by sessions: {len(split.train)} train, {len(split.val)} "
+                     f"val, {len(split.test)} test images (test: shown only in the last three "
+                     f"sessions)")
 
 
 def _dry_run_roi_sizes(config: StudyConfig,
