@@ -262,9 +262,13 @@ def encode_subject(
                 columns = (np.arange(responses.shape[1]) if roi == WHOLE_HEMISPHERE
                            else subject.roi_indices(hemisphere, roi))
                 if columns.size < min_vertices:
+                    dropped = subject.data_notes(hemisphere, roi).get("n_nan_vertices", 0)
+                    reason = (f"no vertices in {hemisphere}" if columns.size == 0
+                              else f"fewer than {min_vertices} vertices")
                     excluded.append({"subject": subject.name, "hemisphere": hemisphere,
                                      "roi": roi, "method": method, "n_vertices": columns.size,
-                                     "reason": f"fewer than {min_vertices} vertices"})
+                                     "reason": reason + (f" ({dropped} left out for NaN betas)"
+                                                         if dropped else "")})
                     continue
                 roi_responses = responses[:, columns]
                 options = {"n_components": settings.n_components, "refit": settings.refit,
