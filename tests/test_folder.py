@@ -232,3 +232,20 @@ def test_from_arrays_wants_rois_per_part_and_distinct_ids(tmp_path):
     with pytest.raises(InputError, match="image_ids: expected 4 distinct ids"):
         Subject.from_arrays(paths, parts, image_ids=[1, 1, 2, 3], image_size=32,
                             progress=False)
+
+
+def test_encode_reads_the_folder_layout(tmp_path):
+    from cortexcl.config import DataConfig, EncodingConfig
+    from cortexcl.workflows import encode
+
+    dataset(tmp_path / "data", {"IT": 30})
+    table = encode(tmp_path / "data", tmp_path / "run", hemispheres=["IT"], rois="face-patch",
+                   weights="none", image_size=64, min_vertices=5, progress=False,
+                   announce=lambda _: None, settings=EncodingConfig(n_components=8),
+                   reading=DataConfig(layout="folder"))
+    assert table[["hemisphere", "roi"]].values.tolist() == [["IT", "face-patch"]]
+    with pytest.raises(InputError, match=r"--roi: unknown ROI 'V1v' of subj01"):
+        encode(tmp_path / "data", tmp_path / "run2", hemispheres=["IT"], rois="V1v",
+               weights="none", image_size=64, progress=False, announce=lambda _: None,
+               reading=DataConfig(layout="folder"))
+    assert not (tmp_path / "run2").exists()

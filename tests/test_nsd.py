@@ -300,3 +300,23 @@ def test_challenge_layout_takes_noise_ceilings_from_the_nsd_release(nsd_root, tm
                                           if not k.startswith("__")})
     with pytest.raises(InputError, match="training images of subj01 .* are not shown in"):
         load_subject(challenge, 1, image_size=32, progress=False, ncsnr=other)
+
+
+def test_encode_reads_the_nsd_layout_and_records_it(nsd_root, tmp_path):
+    from cortexcl.config import DataConfig
+    from cortexcl.workflows import encode
+
+    table = encode(nsd_root, tmp_path / "run", hemispheres=["rh"], rois="V1v", weights="none",
+                   image_size=64, min_vertices=5, progress=False, announce=lambda _: None,
+                   settings=EncodingConfig(n_components=8, split="sessions"),
+                   reading=DataConfig(layout="nsd", sessions=(1, N_SESSIONS)))
+    assert table["mean_noise_ceiling"].between(0, 1).all()
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["data_options"] == {"layout": "nsd", "sessions": [1, N_SESSIONS],
+                                        "space": "challenge", "rois": None}
+    command = [sys.executable, "-m", "cortexcl", "encode", str(nsd_root), "--out",
+               str(tmp_path / "other"), "--sessions", "1-3"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "--sessions: options of --layout nsd (--layout is algonauts)" in done.stderr
+    assert not (tmp_path / "other").exists()

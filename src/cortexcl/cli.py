@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -112,8 +113,23 @@ def simulate_nod(
 
 @app.command()
 def encode(
-    data: Annotated[Path, typer.Argument(help="Algonauts 2023 data root (holds subjNN/).")],
+    data: Annotated[Path, typer.Argument(help="Data root of the layout (Algonauts 2023: holds "
+                                              "subjNN/).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory.")],
+    layout: Annotated[str, typer.Option(
+        help="algonauts, nsd (native release), nod or folder (your own data).")] = "algonauts",
+    sessions: Annotated[str | None, typer.Option(
+        help="nsd: first-last session read, e.g. 1-37 (default: every session).")] = None,
+    space: Annotated[str | None, typer.Option(
+        help="nsd: challenge (vertices of any ROI) or cortex.")] = None,
+    labels: Annotated[Path | None, typer.Option(
+        help="nsd: folder of fsaverage ROI labels (default nsddata/freesurfer/subjNN/label).")
+    ] = None,
+    ncsnr: Annotated[Path | None, typer.Option(
+        help="algonauts: native NSD root, for noise ceilings.")] = None,
+    split: Annotated[str, typer.Option(
+        help="random, or sessions (nsd: test = images of the last three sessions only).")
+    ] = "random",
     subject: Annotated[str, typer.Option("--subject", "-s", help="Subject: 1 or subj01.")] = "1",
     hemisphere: Hemispheres = ["lh", "rh"],  # noqa: B006
     roi: Rois = ["early"],  # noqa: B006
@@ -150,12 +166,28 @@ def encode(
     settings = parse_section("encoding", {
         "protocol": protocol, "n_components": n_components, "refit": refit,
         "batch_size": batch_size, "standardize": standardize, "alpha_grid": alpha_grid,
-        "layers": layer or None}, option=True)
+        "layers": layer or None, "split": split}, option=True)
+    reading = {"layout": layout, "ncsnr": ncsnr, "rois": labels}
+    if space is not None:
+        reading["space"] = space
+    if sessions is not None:
+        first, _, last = sessions.partition("-")
+        if not (first.strip().isdigit() and last.strip().isdigit()):
+            raise InputError(f"--sessions: expected FIRST-LAST such as 1-37, got {sessions!r}")
+        reading["sessions"] = [int(first), int(last)]
+    try:
+        reading = parse_section("data", reading, option=True)
+    except InputError as error:  # a check across options names the settings: name the options
+        message = str(error)
+        for key, option in (("rois", "labels"), ("sessions", "sessions"), ("space", "space"),
+                            ("ncsnr", "ncsnr"), ("layout", "layout")):
+            message = re.sub(rf"(?<![-\w]){key}\b", f"--{option}", message)
+        raise InputError(message) from None
     table = run_encode(data, out, subject=subject, hemispheres=hemisphere, rois=roi,
                        weights=weights, backbone=backbone, method=method, seed=seed,
                        settings=settings, min_vertices=min_vertices, image_size=image_size,
-                       device=device,
-                       cache_dir=cache_dir, fresh=fresh, announce=_announce)
+                       device=device, cache_dir=cache_dir, fresh=fresh, announce=_announce,
+                       reading=reading)
     print_summary(table, f"Encoding results ({_networks(table)}), {out}/tables/encoding.csv")
     _warn(table)
 

@@ -573,7 +573,8 @@ def parse_section(name: str, raw: dict[str, Any], option: bool = False) -> Any:
     try:
         return model.model_validate(raw)
     except ValidationError as error:
-        options = {"layers": "--layer"}  # repeatable options are named in the singular
+        options = {"layers": "--layer",  # repeatable options are named in the singular
+                   "rois": "--labels"}  # data.rois of the NSD layout
         name_of = ((lambda loc: options.get(loc[0], "--" + loc[0].replace("_", "-")))
                    if option else (lambda loc: ".".join((name, *loc))))
         raise _input_error(error, "", name_of) from None

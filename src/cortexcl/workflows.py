@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from cortexcl.config import EncodingConfig, load_config
-from cortexcl.data.algonauts import load_subject
+from cortexcl.config import DataConfig, EncodingConfig, load_config
+from cortexcl.data.layouts import layout_options, open_subject
 from cortexcl.data.rois import HEMISPHERES, expand_rois
 from cortexcl.data.subject import subject_name
 from cortexcl.encoding.pipeline import TABLE_KEY, check_subject_data, encode_subject
@@ -50,6 +50,7 @@ def encode(
     progress: bool = True,
     fresh: bool = False,
     announce: Callable[[str], None] = print,
+    reading: DataConfig | None = None,
 ) -> pd.DataFrame:
     """Load a subject, encode its ROIs with one backbone and record the run.
 
@@ -73,10 +74,20 @@ def encode(
         before anything is created or written.
     """
     settings = settings or EncodingConfig()
+    reading = reading or DataConfig()
     check_method_name(method)
-    roi_names = expand_rois(rois, option="--roi")  # bad options fail before any data is read
-    check_encode_options(hemispheres, min_vertices=min_vertices, image_size=image_size,
-                         device=device)
+    if reading.layout in ("algonauts", "nsd"):  # bad names fail before any data is read
+        roi_names = expand_rois(rois, option="--roi")
+        check_encode_options(hemispheres, min_vertices=min_vertices, image_size=image_size,
+                             device=device)
+    else:  # the dataset's own names, checked once it is read
+        roi_names = list(dict.fromkeys(r.strip() for r in (
+            rois.split(",") if isinstance(rois, str) else rois) if r.strip()))
+        check_encode_options((), min_vertices=min_vertices, image_size=image_size,
+                             device=device)
+    options = layout_options(reading)
+    if settings.split == "sessions" and reading.layout != "nsd":
+        raise InputError("--split: sessions needs scan sessions (--layout nsd)")
     run = RunDirectory(out)
     run.check_writable()
     run.check_free()
@@ -84,7 +95,8 @@ def encode(
     # are the same run.
     recorded = {
         "data": {"root": str(Path(data_root).resolve()), "subject": subject_name(subject),
-                 "image_size": image_size},
+                 "image_size": image_size,
+                 **({} if options == {"layout": "algonauts"} else options)},
         "encoding": {"hemispheres": sorted(set(hemispheres)), "rois": sorted(roi_names),
                      "min_vertices": min_vertices, **settings.model_dump(mode="json")},
         "seed": seed,
@@ -100,8 +112,15 @@ def encode(
     except InputError as error:
         raise InputError(f"--layer: {str(error).removeprefix('layers: ')}") from None
     build_backbone(backbone, weights, seed=seed)  # a missing or damaged weights file fails
-    data = load_subject(data_root, subject, image_size=image_size, cache_dir=cache_dir,
-                        progress=progress)
+    data = open_subject(data_root, subject, image_size=image_size, cache_dir=cache_dir,
+                        progress=progress, **options)
+    try:
+        roi_names = data.expand_rois(roi_names)
+        for hemisphere in hemispheres:
+            data.check_part(hemisphere)
+    except InputError as error:
+        raise InputError(f"{'--roi' if 'ROI' in str(error) else '--hemisphere'}: "
+                         f"{error}") from None
     check_roi_sizes({f"{h} {roi}": data.roi_indices(h, roi).size
                      for h in hemispheres for roi in roi_names}, min_vertices, data.root)
     check_subject_data(data, hemispheres, seed, settings)
@@ -114,7 +133,7 @@ def encode(
         run.write_config({**recorded, "backbones": backbones})
         run.write_manifest(seeds={"split": seed, "weights": seed},
                            datasets={data.name: data.data_hash()},
-                           extra={"data_root": str(data_root)})
+                           extra={"data_root": str(data_root), "data_options": options})
         encoded, excluded = encode_subject(
             data, run, hemispheres=hemispheres, rois=rois, weights=weights, backbone=backbone,
             method=method,

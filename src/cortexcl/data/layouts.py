@@ -26,6 +26,7 @@ def open_subject(
     rois: str | Path | None = None,
     ncsnr: str | Path | None = None,
     nod: Mapping[str, Any] | None = None,
+    cache_dir: str | Path | None = None,
 ) -> Subject | NODSubject:
     """Open one subject of a dataset in ``layout``.
 
@@ -49,6 +50,8 @@ def open_subject(
     nod : mapping, optional
         nod: keyword arguments of `load_nod_subject` (sessions, top_k, normalization,
         image_fit). The subject keeps the study's name, ``subjNN``.
+    cache_dir : str or Path, optional
+        Image cache folder (see `ImageStore`).
 
     Raises
     ------
@@ -61,6 +64,7 @@ def open_subject(
         name = subject_name(subject)
         return load_nsd_subject(
             root, name, image_size=image_size, progress=progress, space=space,
+            cache_dir=cache_dir,
             sessions=range(sessions[0], sessions[-1] + 1) if sessions else None,
             rois=str(rois).replace("{subject}", name) if rois else None)
     if layout == "nod":
@@ -68,16 +72,17 @@ def open_subject(
 
         name = subject_name(subject)
         data = load_nod_subject(root, int(name.removeprefix("subj")), image_size=image_size,
-                                progress=progress, **(nod or {}))
+                                progress=progress, cache_dir=cache_dir, **(nod or {}))
         data.name = name  # results name subjects subjNN in every layout; data.root is sub-XX
         return data
     if layout == "folder":
         from cortexcl.data.folder import load_folder_subject
 
-        return load_folder_subject(root, subject, image_size=image_size, progress=progress)
+        return load_folder_subject(root, subject, image_size=image_size, progress=progress,
+                                   cache_dir=cache_dir)
     if layout == "algonauts":
         return load_subject(root, subject, image_size=image_size, progress=progress,
-                            ncsnr=ncsnr)
+                            ncsnr=ncsnr, cache_dir=cache_dir)
     raise InputError(f"layout: expected one of {', '.join(LAYOUTS)}, got {layout!r}")
 
 

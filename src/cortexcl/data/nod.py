@@ -558,6 +558,10 @@ class NODSubject:
         """The dataset's ROI names, V1-V4."""
         return self.rois
 
+    def check_part(self, hemisphere: str) -> str:
+        """``hemisphere`` if it is ``lh`` or ``rh``, else an `InputError`."""
+        return check_hemisphere(hemisphere)
+
     def vertex_to_fsaverage(self, hemisphere: str) -> None:
         """None: NOD's vertices lie on fsLR, not fsaverage (no surface maps are drawn)."""
         check_hemisphere(hemisphere)
