@@ -155,11 +155,17 @@ def test_noise_ceiling_from_ncsnr_and_repeats(tmp_path):
     (lambda f: (f / "stimuli.tsv").write_text("name\nstim_000.png\n"), "needs a 'file' column"),
 ])
 def test_bad_folder_input_is_refused_in_one_line(tmp_path, change, problem):
-    dataset(tmp_path, {"units": 10})
-    change(tmp_path / "subj01")
+    assert problem in refusal(tmp_path, {"units": 10}, change)
+
+
+def refusal(root: Path, parts: dict[str, int], change) -> str:
+    """The one-line refusal of subj01 (written with ``parts``) after ``change(folder)``."""
+    dataset(root, parts)
+    change(root / "subj01")
     with pytest.raises(InputError) as raised:
-        load_folder_subject(tmp_path, 1, image_size=32, progress=False)
-    assert problem in str(raised.value) and "\n" not in str(raised.value)
+        load_folder_subject(root, 1, image_size=32, progress=False)
+    assert "\n" not in str(raised.value)
+    return str(raised.value)
 
 
 def test_from_arrays_names_the_argument(tmp_path):
@@ -216,11 +222,7 @@ def test_a_study_runs_on_the_folder_layout(tmp_path):
     (lambda f: (f / "images" / "extra").mkdir(), "extra: a folder; images/ must hold only"),
 ])
 def test_files_of_unknown_parts_and_stray_folders_are_refused(tmp_path, change, problem):
-    dataset(tmp_path, {"IT": 10, "V4": 12})
-    change(tmp_path / "subj01")
-    with pytest.raises(InputError) as raised:
-        load_folder_subject(tmp_path, 1, image_size=32, progress=False)
-    assert problem in str(raised.value) and "\n" not in str(raised.value)
+    assert problem in refusal(tmp_path, {"IT": 10, "V4": 12}, change)
 
 
 def test_from_arrays_wants_rois_per_part_and_distinct_ids(tmp_path):

@@ -13,6 +13,7 @@ from cortexcl.metrics import (
     pearson_r,
     percent_improved,
     summarize_r,
+    zscore_columns,
 )
 
 
@@ -98,3 +99,13 @@ def test_paired_wilcoxon_matches_scipy():
 
 def test_summarize_r():
     assert summarize_r([0.1, 0.2, 0.6]) == pytest.approx({"mean": 0.3, "median": 0.2})
+
+
+def test_zscore_columns_matches_scipy_and_zeroes_constant_columns():
+    values = np.random.default_rng(0).normal(3.0, 2.0, (40, 5))
+    values[:, 2] = 7.0
+    z = zscore_columns(values)
+    varying = [0, 1, 3, 4]
+    expected = stats.zscore(values[:, varying], axis=0)  # population sd, as NSD and NOD use
+    np.testing.assert_allclose(z[:, varying], expected, rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(z[:, 2], 0.0)

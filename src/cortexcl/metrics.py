@@ -58,6 +58,24 @@ def pearson_r(y_true: ArrayLike, y_pred: ArrayLike) -> np.ndarray:
     return np.clip(r, -1.0, 1.0)
 
 
+def zscore_columns(values: np.ndarray) -> np.ndarray:
+    """z-score each column over the rows: ``(x - mean) / sd`` with the population SD.
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        (n_rows, n_columns) floats, e.g. the betas of one session or run (trials × vertices).
+
+    Returns
+    -------
+    numpy.ndarray
+        Of the same shape and dtype; a constant column becomes all 0 (it has no sd), so a
+        column is all 0 exactly when it was constant.
+    """
+    mean, sd = values.mean(axis=0), values.std(axis=0)
+    return np.divide(values - mean, sd, out=np.zeros_like(values), where=sd > 0)
+
+
 def noise_ceiling(ncsnr: ArrayLike, n_repeats: ArrayLike) -> np.ndarray:
     """Noise ceiling of each voxel for a set of evaluation images (docs/method.md §3.4).
 

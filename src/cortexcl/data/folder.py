@@ -33,7 +33,7 @@ from PIL import Image
 
 from cortexcl.data.algonauts import _check_finite, _open_fmri
 from cortexcl.data.images import ImageStore
-from cortexcl.data.rois import FSAVERAGE_N_VERTICES, WHOLE_HEMISPHERE
+from cortexcl.data.rois import FSAVERAGE_N_VERTICES, WHOLE_HEMISPHERE, _load_plain_npy
 from cortexcl.data.subject import SINGLE_PART, Subject, check_ncsnr, subject_name
 from cortexcl.errors import InputError
 
@@ -238,11 +238,9 @@ def _images(folder: Path) -> tuple[list[Path], np.ndarray]:
     return paths, ids.to_numpy(np.int64)
 
 
-def _npy(path: Path) -> np.ndarray:
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise InputError(f"{path}: not a readable numeric .npy file ({error})") from None
+def _item(path: Path) -> Item:
+    """A plain ``.npy`` file as an `Item` named by its path."""
+    return Item(str(path), _load_plain_npy(path))
 
 
 def _by_part(folder: Path, name: str, parts: list[str]) -> dict[str, Item] | None:
@@ -254,9 +252,9 @@ def _by_part(folder: Path, name: str, parts: list[str]) -> dict[str, Item] | Non
         if len(parts) != 1:
             raise InputError(f"{single}: the responses have parts {', '.join(parts)}; give "
                              f"{name}/<part>.npy instead")
-        return {parts[0]: Item(str(single), _npy(single))}
+        return {parts[0]: _item(single)}
     if per_part.is_dir():
-        return {p.stem: Item(str(p), _npy(p)) for p in sorted(per_part.glob("*.npy"))}
+        return {p.stem: _item(p) for p in sorted(per_part.glob("*.npy"))}
     return None
 
 
@@ -315,16 +313,16 @@ def load_folder_subject(
             raise InputError(f"{roi_dir}: with parts {', '.join(parts)}, ROIs go in "
                              "rois/<part>/<name>.npy")
         for part_dir in nested:
-            rois[part_dir.name] = {p.stem: Item(str(p), _npy(p))
+            rois[part_dir.name] = {p.stem: _item(p)
                                    for p in sorted(part_dir.glob("*.npy"))}
         if flat:
-            rois[parts[0]] = {p.stem: Item(str(p), _npy(p)) for p in flat}
+            rois[parts[0]] = {p.stem: _item(p) for p in flat}
     repeats_path = folder / "repeats.npy"
     checked = check_parts(
         len(paths), responses, rois, _by_part(folder, "noise_ceiling", parts),
         _by_part(folder, "ncsnr", parts),
-        Item(str(repeats_path), _npy(repeats_path)) if repeats_path.is_file() else None,
-        {p.stem: Item(str(p), _npy(p)) for p in sorted((folder / "fsaverage").glob("*.npy"))}
+        _item(repeats_path) if repeats_path.is_file() else None,
+        {p.stem: _item(p) for p in sorted((folder / "fsaverage").glob("*.npy"))}
         or None)
     images = ImageStore(paths, size=image_size, cache_dir=cache_dir, progress=progress)
     return Subject(name, folder, images, ids, files, checked.rois, roi_names=checked.roi_names,

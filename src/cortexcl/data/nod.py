@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 from cortexcl.data.images import ImageStore
 from cortexcl.data.rois import HEMISPHERES, WHOLE_HEMISPHERE, check_hemisphere
 from cortexcl.errors import InputError
+from cortexcl.metrics import zscore_columns
 
 NOD_ROIS: tuple[str, ...] = ("V1", "V2", "V3", "V4")
 NORMALIZATIONS = ("run", "block")
@@ -494,9 +495,7 @@ def _normalise(block: np.ndarray, columns: np.ndarray, mode: str, path: Path) ->
         if sd == 0:
             raise InputError(f"{path}: all cortical betas are equal; cannot z-score the run")
         return (block[:, columns] - mean) / sd
-    values = block[:, columns]
-    mean, sd = values.mean(axis=0), values.std(axis=0)
-    return np.divide(values - mean, sd, out=np.zeros_like(values), where=sd > 0)
+    return zscore_columns(block[:, columns])
 
 
 def _check_top_k(top_k: int | str | None) -> int | None:

@@ -46,6 +46,7 @@ from cortexcl.data.rois import (
 )
 from cortexcl.data.subject import Subject, check_ncsnr, labels_to_rois, subject_name
 from cortexcl.errors import InputError
+from cortexcl.metrics import zscore_columns
 
 DESIGN = Path("nsddata/experiments/nsd/nsd_expdesign.mat")
 STIMULI = Path("nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5")
@@ -278,6 +279,23 @@ def _check_sessions(sessions: Sequence[int] | None, found: dict[str, dict[int, P
     return chosen
 
 
+def _ncsnr_at(path: Path, vertices: np.ndarray, hemisphere: str,
+              n_surface: int | None = None) -> np.ndarray:
+    """A ``{hemi}.ncsnr.mgh`` file's values at ``vertices`` (float64, checked).
+
+    The file holds one value per vertex of the surface: exactly ``n_surface`` of them when
+    given, else at least up to the largest vertex asked for.
+    """
+    values = _surface_data(path)
+    fits = (values.shape[0] == n_surface if n_surface is not None
+            else values.shape[0] > vertices.max(initial=-1))
+    if values.shape[1] != 1 or not fits:
+        surface = f"{n_surface} vertices" if n_surface is not None else "fsaverage vertices"
+        raise InputError(f"{path}: shape {values.shape} does not hold one value per vertex "
+                         f"({surface})")
+    return check_ncsnr(values[vertices, 0], path, vertices.size, hemisphere)
+
+
 def _check_session_shapes(files: dict[int, Path], n_trials: int) -> int:
     """Check every session's header (vertices, 1, 1, trials); return the vertex count."""
     n_surface = None
@@ -305,14 +323,6 @@ def _file_identity(paths: Sequence[Path]) -> str:
         stat = path.stat()
         digest.update(f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
     return digest.hexdigest()
-
-
-def _zscore_session(betas: np.ndarray) -> np.ndarray:
-    """z-score each column over the session's trials (population sd); constant columns → 0."""
-    mean = betas.mean(axis=0)
-    sd = betas.std(axis=0)
-    scale = np.divide(1.0, sd, out=np.zeros_like(sd), where=sd > 0)
-    return (betas - mean) * scale
 
 
 @dataclass(frozen=True)
@@ -363,8 +373,9 @@ def _average_session_betas(files: dict[int, Path], trials: _Trials, vertices: np
             finite = np.isfinite(betas).all(axis=0)
             bad[block] |= ~finite
             betas[:, ~finite] = 0.0
-            constant += int(np.sum(finite & (betas.std(axis=0) == 0)))
-            summed = np.add.reduceat(_zscore_session(betas)[order], starts, axis=0)
+            z = zscore_columns(betas)
+            constant += int(np.sum(finite & ~z.any(axis=0)))  # all 0: constant in the session
+            summed = np.add.reduceat(z[order], starts, axis=0)
             sums[targets, block] += summed.astype(np.float32)
         bar.update()
     sums /= trials.n_repeats[:, None].astype(np.float32)
@@ -516,7 +527,6 @@ def load_nsd_subject(
 
     kept = {h: np.load(cache / f"{h}_vertices.npy") for h in HEMISPHERES}
     fmri_paths = {h: cache / f"{h}.npy" for h in HEMISPHERES}
-    n_vertices = {h: int(kept[h].size) for h in HEMISPHERES}
     notes = json.loads((cache / "notes.json").read_text())
     roi_notes = {}  # vertices left out for NaN betas, per ROI
     for hemisphere in HEMISPHERES:
@@ -526,14 +536,7 @@ def load_nsd_subject(
             labels_to_rois({c: labels[hemisphere][c][excluded] for c in ROI_CLASSES}).items()}
     ncsnr = None
     if all(has_ncsnr):
-        ncsnr = {}
-        for hemisphere, path in ncsnr_paths.items():
-            values = _surface_data(path)
-            if values.shape != (n_surface[hemisphere], 1):
-                raise InputError(f"{path}: shape {values.shape} but the betas have "
-                                 f"{n_surface[hemisphere]} vertices")
-            ncsnr[hemisphere] = check_ncsnr(values[kept[hemisphere], 0], path,
-                                            n_vertices[hemisphere], hemisphere)
+        ncsnr = {h: _ncsnr_at(path, kept[h], h, n_surface[h]) for h, path in ncsnr_paths.items()}
     return Subject(
         name, folder, images, trials.images.copy(), fmri_paths,
         {h: labels_to_rois({c: labels[h][c][kept[h]] for c in ROI_CLASSES})
@@ -596,12 +599,6 @@ def challenge_noise(root: str | Path, subject: int | str, image_ids: np.ndarray,
                          f"nsd-{int(missing[0]):05d}) are not shown in sessions "
                          f"1-{sessions[-1]}")
     repeats = trials.n_repeats[np.searchsorted(trials.images, image_ids)]
-    ncsnr = {}
-    for hemisphere, index in fsaverage_index.items():
-        path = folder / f"{hemisphere}.ncsnr.mgh"
-        values = _surface_data(path)
-        if values.shape[1] != 1 or values.shape[0] <= index.max(initial=-1):
-            raise InputError(f"{path}: shape {values.shape} does not hold one value per "
-                             f"fsaverage vertex")
-        ncsnr[hemisphere] = check_ncsnr(values[index, 0], path, index.size, hemisphere)
+    ncsnr = {h: _ncsnr_at(folder / f"{h}.ncsnr.mgh", index, h)
+             for h, index in fsaverage_index.items()}
     return ncsnr, repeats
