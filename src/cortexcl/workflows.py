@@ -116,11 +116,13 @@ def encode(
                         progress=progress, **options)
     try:
         roi_names = data.expand_rois(roi_names)
-        for hemisphere in hemispheres:
-            data.check_part(hemisphere)
     except InputError as error:
-        raise InputError(f"{'--roi' if 'ROI' in str(error) else '--hemisphere'}: "
-                         f"{error}") from None
+        raise InputError(f"--roi: {error}") from None
+    for hemisphere in hemispheres:
+        try:
+            data.check_part(hemisphere)
+        except InputError as error:
+            raise InputError(f"--hemisphere: {error}") from None
     check_roi_sizes({f"{h} {roi}": data.roi_indices(h, roi).size
                      for h in hemispheres for roi in roi_names}, min_vertices, data.root)
     check_subject_data(data, hemispheres, seed, settings)

@@ -590,6 +590,11 @@ class _SurfaceValues:
         return any(c.any() for c in self.counts.values())
 
 
+def _on_fsaverage(data, hemisphere: str) -> bool:
+    """Whether a part is a hemisphere whose columns have fsaverage vertices (can be drawn)."""
+    return hemisphere in _PART and data.vertex_to_fsaverage(hemisphere) is not None
+
+
 def surface_values(results: RunResults, data, subject: str
                    ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, dict[str, np.ndarray]],
                               list[str]]:
@@ -620,7 +625,7 @@ def surface_values(results: RunResults, data, subject: str
     rois = [r for r in results.rois if r != WHOLE_HEMISPHERE and r in set(rows["roi"])]
     rois = rois or [WHOLE_HEMISPHERE]
     hemispheres = [h for h in results.hemispheres if h in set(rows["hemisphere"])
-                   and h in _PART and data.vertex_to_fsaverage(h) is not None]
+                   and _on_fsaverage(data, h)]
     maps = {m: _SurfaceValues.empty(hemispheres) for m in results.methods}
     deltas = {m: _SurfaceValues.empty(hemispheres) for m in results.methods if m != BASELINE}
     notes: list[str] = []
@@ -685,7 +690,7 @@ def surface_maps(results: RunResults, out_dir: Path, subject: str,
                             **results.manifest().get("data_options", {}))
     except (InputError, OSError) as error:
         return [], [f"Surface maps skipped: cannot read {subject} in {data_root} ({error})."]
-    if not any(h in _PART and data.vertex_to_fsaverage(h) is not None for h in data.hemispheres):
+    if not any(_on_fsaverage(data, h) for h in data.hemispheres):
         return [], ["Surface maps skipped: the data give no fsaverage vertex of their units "
                     "(layout folder: fsaverage/lh.npy, fsaverage/rh.npy)."]
     r_maps, delta_maps, notes = surface_values(results, data, subject)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from cortexcl.atomic import atomic_write_csv, atomic_write_json
-from cortexcl.config import NODTransferConfig, StudyConfig
+from cortexcl.config import NODReadingConfig, NODTransferConfig, StudyConfig
 from cortexcl.data.images import default_cache_dir
 from cortexcl.data.layouts import layout_options, open_subject
 from cortexcl.data.nod import NODSubject, load_nod_subject, nod_subject_name
@@ -96,11 +96,12 @@ class StudyContext:
         """The NOD subject ``name`` (``sub-XX``), loaded once (``evaluation.nod_transfer``)."""
         if name not in self._subjects:
             nod = self.config.evaluation.nod_transfer
-            sessions = nod.sessions if nod.root else range(1, nod.simulate.n_sessions + 1)
+            reading = {key: getattr(nod, key) for key in NODReadingConfig.model_fields}
+            if nod.root is None:  # a simulated NOD: all its sessions
+                reading["sessions"] = range(1, nod.simulate.n_sessions + 1)
             self._subjects[name] = load_nod_subject(
                 prepare_nod_data(nod, self.progress), name, image_size=self.config.data.image_size,
-                top_k=nod.top_k, normalization=nod.normalization, sessions=sessions,
-                progress=self.progress, image_fit=nod.image_fit)
+                progress=self.progress, **reading)
         return self._subjects[name]
 
     def roi_size(self, subject: str, hemisphere: str, roi: str) -> int:
